@@ -15,7 +15,8 @@
     ├── JobFailed                  the job ran and failed on the server (.request_id, .detail)
     ├── JobCancelled               the job was cancelled
     ├── WaitTimeout                a deadline passed while waiting (.request_id; the job may still finish)
-    └── DownloadError              an output file could not be fetched or is not a valid image
+    ├── DownloadError              an output file could not be fetched or is not a valid image
+    └── BudgetExceeded             a sweep's estimate is above its budget; nothing was sent
 
 Messages never contain the API token: it is never passed to an exception in the first place.
 """
@@ -128,6 +129,15 @@ class WaitTimeout(ZlabError, TimeoutError):
 class DownloadError(ZlabError):
     """An output file could not be downloaded, or what arrived is not the expected image."""
 
-    def __init__(self, message: str, *, url: str | None = None) -> None:
+    def __init__(self, message: str, *, url: str | None = None, transient: bool = False) -> None:
         self.url = url
+        self.transient = transient  # True: fetching again later may work (the job's result is still paid for)
+        super().__init__(message)
+
+
+class BudgetExceeded(ZlabError):
+    """A sweep's estimated cost is above the budget it was given; nothing was sent."""
+
+    def __init__(self, message: str, *, estimate_usd: float, budget_usd: float) -> None:
+        self.estimate_usd, self.budget_usd = estimate_usd, budget_usd
         super().__init__(message)

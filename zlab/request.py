@@ -32,7 +32,7 @@ FIELDS = ("prompt", "loras", "width", "height", "seed")
 _SCALE_DIGITS = 6  # 0.1 + 0.2 and 0.3 are the same scale, and so the same request key
 
 
-def _check_int(field: str, value: Any, lo: int, hi: int) -> int:
+def check_int(field: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValidationError(field, value, f"an integer from {lo} to {hi}")
     if not lo <= int(value) <= hi:
@@ -40,7 +40,7 @@ def _check_int(field: str, value: Any, lo: int, hi: int) -> int:
     return int(value)
 
 
-def _check_scale(field: str, value: Any) -> float:
+def check_scale(field: str, value: Any) -> float:
     lo, hi = SCALE_RANGE
     allowed = f"a number from {lo:g} to {hi:g}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -50,7 +50,7 @@ def _check_scale(field: str, value: Any) -> float:
     return round(float(value), _SCALE_DIGITS) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
-def _check_path(field: str, value: Any) -> str:
+def check_path(field: str, value: Any) -> str:
     allowed = "a Hugging Face repo id (owner/name) or an https:// URL"
     if not isinstance(value, str) or not value.strip() or value != value.strip():
         raise ValidationError(field, value, allowed)
@@ -67,8 +67,8 @@ class LoRA:
     scale: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", _check_path("lora.path", self.path))
-        object.__setattr__(self, "scale", _check_scale("lora.scale", self.scale))
+        object.__setattr__(self, "path", check_path("lora.path", self.path))
+        object.__setattr__(self, "scale", check_scale("lora.scale", self.scale))
 
     def to_input(self) -> dict[str, Any]:
         return {"path": self.path, "scale": self.scale}
@@ -94,7 +94,7 @@ def _as_lora(item: Any, index: int) -> LoRA:
     else:
         raise ValidationError(where, item, "a LoRA, a {'path', 'scale'} mapping or a (path, scale) pair")
     # Check here first so the error names the item (loras[1].scale), then build the value.
-    return LoRA(_check_path(f"{where}.path", path), _check_scale(f"{where}.scale", scale))
+    return LoRA(check_path(f"{where}.path", path), check_scale(f"{where}.scale", scale))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,9 +122,9 @@ class Request:
             raise ValidationError("loras", f"{len(loras)} LoRAs", f"at most {MAX_LORAS} LoRAs")
         object.__setattr__(self, "loras", loras)
         lo, hi = SIZE_RANGE
-        object.__setattr__(self, "width", _check_int("width", self.width, lo, hi))
-        object.__setattr__(self, "height", _check_int("height", self.height, lo, hi))
-        object.__setattr__(self, "seed", _check_int("seed", self.seed, *SEED_RANGE))
+        object.__setattr__(self, "width", check_int("width", self.width, lo, hi))
+        object.__setattr__(self, "height", check_int("height", self.height, lo, hi))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, *SEED_RANGE))
 
     @classmethod
     def from_input(cls, payload: Mapping[str, Any]) -> Request:

@@ -1,0 +1,218 @@
+"""`AsyncClient` (the one async core) and `Client` (its sync facade, safe inside Jupyter).
+
+>>> import zlab
+>>> client = zlab.Client()            # no token: starts the built-in local server and says so
+>>> gen = client.generate(zlab.Request("a red fox", seed=1))
+>>> gen.image.size
+(1024, 1536)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from zlab import _loop, errors
+from zlab.api import API, DEFAULT_TIMEOUT
+from zlab.config import Secret, Settings, resolve_settings
+from zlab.download import decode_image, fetch
+from zlab.jobs import Generation, Job
+from zlab.polling import Pacer, Track
+from zlab.protocol import Outcome, Status
+from zlab.request import MODEL_ID, Request
+from zlab.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from zlab.runner import RunResult
+    from zlab.sweep import Sweep
+
+
+class AsyncClient:
+    """Talks to RunComfy (or the built-in local server) with `await`.
+
+    Configuration is read here, when the client is built: `token` → RUNCOMFY_TOKEN → RUNCOMFY_API_KEY;
+    `base_url` → ZLAB_BASE_URL → RunComfy. With neither a token nor a base URL, it starts the built-in
+    local server on 127.0.0.1 (synthetic images) and prints one line saying so.
+    """
+
+    def __init__(
+        self,
+        token: str | Secret | None = None,
+        base_url: str | None = None,
+        *,
+        model: str = MODEL_ID,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy = RetryPolicy(),
+        price_per_mp: float | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.settings: Settings = resolve_settings(token, base_url, price_per_mp=price_per_mp)
+        self.model = model
+        self.pacer = Pacer()
+        self.cache_dir = cache_dir
+        self._server: Any = None
+        base = self.settings.base_url
+        if base is None:
+            base = self._start_local_server()
+        self.api = API(base, self.settings.token, transport=transport, timeout=timeout, retry=retry)
+
+    @property
+    def base_url(self) -> str:
+        return self.api.base_url
+
+    def __repr__(self) -> str:
+        where = "local server" if self._server is not None else "RunComfy" if "runcomfy" in self.base_url else "server"
+        return f"<AsyncClient {where} {self.base_url} model={self.model}>"
+
+    def _start_local_server(self) -> str:
+        from zlab.server import LocalServer
+
+        latency = float(os.environ.get("ZLAB_LOCAL_LATENCY", "0.3"))
+        capacity = int(os.environ.get("ZLAB_LOCAL_CAPACITY", "8"))
+        self._server = LocalServer(latency=latency, capacity=capacity)
+        self._server.start()
+        print(
+            f"zlab: no RUNCOMFY_TOKEN set; using the built-in local server at {self._server.base_url} "
+            "(synthetic images, nothing is billed)",
+            file=sys.stderr,
+        )
+        return str(self._server.base_url)
+
+    async def submit(self, request: Request | dict[str, Any], *, model: str | None = None) -> Job:
+        """Send one job; returns its handle as soon as the service accepts it (never resent blindly)."""
+        model = model or self.model
+        if isinstance(request, Request) and model != MODEL_ID:
+            raise errors.ConfigError(f"zlab.Request is the schema of {MODEL_ID}; pass a dict for model {model!r}")
+        payload = request.to_input() if isinstance(request, Request) else dict(request)
+        track = Track(time.monotonic())
+        submitted = await self.api.submit(model, payload)
+        track.submitted = time.monotonic()
+        return Job(submitted.request_id, request, model, self, track)
+
+    def job(self, request_id: str, request: Request | dict[str, Any] | None = None) -> Job:
+        """A handle for a job submitted earlier (e.g. by a run that was interrupted)."""
+        return Job(request_id, request, self.model, self)
+
+    async def status(self, request_id: str) -> Status:
+        return await self.api.status(request_id)
+
+    async def generate(self, request: Request | dict[str, Any], *, timeout: float = 600.0) -> Generation:
+        """Submit, wait and download: the image and its metadata.
+
+        If `timeout` passes first, a still-queued job is cancelled (nothing is billed); a running one
+        finishes on the server and `WaitTimeout.request_id` lets you collect it with `client.job(id)`.
+        """
+        job = await self.submit(request)
+        try:
+            return await job.download(timeout)
+        except errors.WaitTimeout:
+            outcome = await job.cancel()
+            raise errors.WaitTimeout(
+                f"request {job.request_id} did not finish within {timeout:g}s; cancel outcome: {outcome}. "
+                f"If it was running, collect it later with client.job({job.request_id!r}).download()",
+                request_id=job.request_id,
+            ) from None
+
+    async def collect(self, job: Job, outcome: Outcome) -> Generation:
+        """Download and check the first output of a finished job."""
+        url = outcome.outputs[0]
+        data = await fetch(self.api.http, url)
+        request = job.request
+        expected = (request.width, request.height) if isinstance(request, Request) else None
+        image = decode_image(data, expected_size=expected, url=url)
+        span = (outcome.finished_at - outcome.created_at).total_seconds() if outcome.created_at and outcome.finished_at else None
+        track = job._track
+        queue_s = max(0.0, track.started - track.submitted) if track.started is not None else 0.0
+        run_s = None if span is None else max(0.0, span - queue_s)
+        return Generation(request or {}, job.request_id, url, data, image, outcome.created_at, outcome.finished_at,
+                          queue_s, run_s)
+
+    async def run(self, sweep: Sweep, out: str | Path, **options: Any) -> RunResult:
+        """Run a sweep into a run directory (resumable); see `zlab.runner.run_sweep` for options."""
+        from zlab.runner import run_sweep
+
+        return await run_sweep(self, sweep, out, **options)
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class SyncJob:
+    """A submitted job, with blocking methods (from `Client.submit`)."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    request_id = property(lambda self: self._job.request_id)
+    request = property(lambda self: self._job.request)
+
+    def status(self) -> Status:
+        return _loop.run_sync(self._job.status())
+
+    def result(self) -> Outcome:
+        return _loop.run_sync(self._job.result())
+
+    def wait(self, timeout: float = 600.0) -> Outcome:
+        return _loop.run_sync(self._job.wait(timeout))
+
+    def cancel(self) -> str:
+        return _loop.run_sync(self._job.cancel())
+
+    def download(self, timeout: float = 600.0) -> Generation:
+        return _loop.run_sync(self._job.download(timeout))
+
+    def __repr__(self) -> str:
+        return f"<Job {self._job.request_id}>"
+
+
+class Client:
+    """The blocking face of `AsyncClient`: same arguments, same behaviour, no `await`.
+
+    It runs the async core on one background event-loop thread, so it works in scripts and in
+    Jupyter alike. Ctrl-C during `run` cancels queued jobs and keeps the rest resumable.
+    """
+
+    def __init__(self, token: str | Secret | None = None, base_url: str | None = None, **options: Any) -> None:
+        self.aclient = AsyncClient(token, base_url, **options)
+
+    base_url = property(lambda self: self.aclient.base_url)
+    settings = property(lambda self: self.aclient.settings)
+
+    def __repr__(self) -> str:
+        return repr(self.aclient).replace("AsyncClient", "Client", 1)
+
+    def submit(self, request: Request | dict[str, Any], *, model: str | None = None) -> SyncJob:
+        return SyncJob(_loop.run_sync(self.aclient.submit(request, model=model)))
+
+    def job(self, request_id: str, request: Request | dict[str, Any] | None = None) -> SyncJob:
+        return SyncJob(self.aclient.job(request_id, request))
+
+    def generate(self, request: Request | dict[str, Any], *, timeout: float = 600.0) -> Generation:
+        return _loop.run_sync(self.aclient.generate(request, timeout=timeout))
+
+    def run(self, sweep: Sweep, out: str | Path, **options: Any) -> RunResult:
+        return _loop.run_sync(self.aclient.run(sweep, out, **options))
+
+    def close(self) -> None:
+        _loop.run_sync(self.aclient.aclose())
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

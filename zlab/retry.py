@@ -1,0 +1,60 @@
+"""When to retry a call, and how long to wait first: pure decisions, no I/O.
+
+The one rule that protects people's money: a submit is retried only when the service cannot have
+accepted it (it answered 429/500/503, or the connection was never made). A submit whose answer was
+lost after the body was sent may have created a billed job; it is reported, never silently resent.
+Reads (status, result, cancel, downloads) are safe to repeat and retry on any passing fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Literal
+
+Fault = Literal[
+    "rate_limited",  # 429
+    "server_error",  # 500: the service answered; it did not create a job
+    "unavailable",  # 503
+    "gateway",  # 502/504: a proxy answered; behind it the job may exist
+    "connect",  # the connection was never made (refused, connect timeout)
+    "lost",  # the request went out and the answer never came (dropped, read timeout)
+]
+
+# For a submit: faults after which the job certainly does not exist.
+SUBMIT_SAFE: frozenset[Fault] = frozenset({"rate_limited", "server_error", "unavailable", "connect"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try: attempts, exponential backoff with jitter, a cap, and a total deadline."""
+
+    attempts: int = 8
+    base_s: float = 0.25
+    cap_s: float = 20.0
+    deadline_s: float = 180.0
+    rate_limit_default_s: float = 2.0  # a 429 without Retry-After: start here, then back off
+
+
+def should_retry(fault: Fault, *, is_submit: bool) -> bool:
+    return fault in SUBMIT_SAFE if is_submit else True
+
+
+def backoff_s(
+    policy: RetryPolicy,
+    attempt: int,
+    fault: Fault,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before attempt number `attempt + 1` (attempt counts from 1).
+
+    Retry-After is honoured exactly and never undercut (a little jitter is added on top, so many
+    waiting workers do not return in the same instant); otherwise exponential backoff with jitter.
+    """
+    jitter = (rng or random).random()
+    if fault == "rate_limited" and retry_after is not None:
+        return retry_after + 0.1 * jitter * max(retry_after, 0.1)
+    start = policy.rate_limit_default_s if fault == "rate_limited" else policy.base_s
+    ceiling = min(policy.cap_s, start * 2 ** (attempt - 1))
+    return ceiling * (0.5 + 0.5 * jitter)
