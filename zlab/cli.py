@@ -1,0 +1,158 @@
+"""The `zlab` command: run, sheet, report, serve, generate.
+
+Exit codes: 0 success; 1 some cells failed (results are still written) or the work failed;
+2 bad input (nothing was sent); 130 interrupted (Ctrl-C; rerun the same command to resume).
+The API token comes only from the environment (RUNCOMFY_TOKEN / RUNCOMFY_API_KEY), never a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from zlab import errors
+
+BAD_INPUT = (errors.ValidationError, errors.ConfigError, errors.BudgetExceeded)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zlab", description="Sweep, compare and report Z-Image Turbo LoRAs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run (or resume) a sweep file into a run directory")
+    run.add_argument("spec", help="the sweep file (YAML)")
+    run.add_argument("--out", help="run directory (default: runs/<spec name>); rerunning into it resumes")
+    run.add_argument("--concurrency", type=int, default=8, help="jobs in flight at once (default 8)")
+    run.add_argument("--budget", type=float, help="refuse to start if the estimate exceeds this many USD")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and send nothing")
+    run.add_argument("--retry-unknown", action="store_true",
+                     help="resend cells whose earlier submit had an unknown outcome (they may be paid twice)")
+    run.add_argument("--no-cache", action="store_true", help="do not reuse images from other run directories")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line remains)")
+
+    sheet = commands.add_parser("sheet", help="draw a contact sheet from a run directory")
+    sheet.add_argument("dir", help="a run directory (with results.parquet)")
+    sheet.add_argument("--x", required=True, help="column across")
+    sheet.add_argument("--y", help="column down")
+    sheet.add_argument("--page", help="one page per value of this column")
+    sheet.add_argument("--out", help="output file (.png, .jpg, .webp; default DIR/sheet.png)")
+    sheet.add_argument("--html", action="store_true", help="also write a self-contained HTML sheet")
+    sheet.add_argument("--cell-width", type=int, default=256, help="thumbnail width in pixels (default 256)")
+
+    report = commands.add_parser("report", help="run a notebook with papermill and render it to HTML")
+    report.add_argument("notebook")
+    report.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a parameter (VALUE parsed as YAML: -p seeds '[5, 6]')")
+    report.add_argument("--out", help="output directory (default reports/<name>-<time>)")
+    report.add_argument("--hide-code", action="store_true", help="leave code cells out of the HTML")
+    report.add_argument("--timeout", type=float, default=1800.0, help="seconds the whole notebook may take")
+
+    serve = commands.add_parser("serve", help="the local RunComfy-compatible server (synthetic images)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8188)
+    serve.add_argument("--token", help="require this bearer token (the local server's, not your RunComfy key)")
+    serve.add_argument("--latency", default="1.0", help='seconds per job: "1.5" or base+per-megapixel "0.5+0.8/mp"')
+    serve.add_argument("--capacity", type=int, default=4, help="jobs running at once; the rest queue")
+
+    generate = commands.add_parser("generate", help="generate one image to a file")
+    generate.add_argument("prompt")
+    generate.add_argument("--lora", action="append", default=[], metavar="PATH:SCALE",
+                          help="a LoRA and its scale (repeat up to 3 times); default: the schema's default LoRA")
+    generate.add_argument("--no-lora", action="store_true", help="send no LoRA at all")
+    generate.add_argument("--width", type=int, default=1024)
+    generate.add_argument("--height", type=int, default=1536)
+    generate.add_argument("--seed", type=int, default=-1)
+    generate.add_argument("--out", required=True, help="image file to write")
+    generate.add_argument("--timeout", type=float, default=600.0)
+    return parser
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """`owner/name:0.8` → (path, 0.8); a path without `:SCALE` gets scale 1 (URLs keep their colons)."""
+    path, sep, scale = text.rpartition(":")
+    if sep and path and not scale.startswith("//"):
+        try:
+            return path, float(scale)
+        except ValueError:
+            raise errors.ValidationError("--lora", text, "PATH:SCALE with SCALE a number from 0 to 4") from None
+    return text, 1.0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from zlab.client import AsyncClient
+    from zlab.sweep import Sweep
+
+    sweep = Sweep.from_file(args.spec)
+    out = Path(args.out or Path("runs") / Path(args.spec).stem)
+
+    async def main() -> int:
+        async with AsyncClient() as client:
+            result = await client.run(
+                sweep, out, concurrency=args.concurrency, budget=args.budget, dry_run=args.dry_run,
+                retry_unknown=args.retry_unknown, cache=not args.no_cache,
+                progress=not args.no_progress and sys.stderr.isatty(),
+            )
+        return 0 if args.dry_run or result.ok else 1
+
+    return asyncio.run(main())
+
+
+def _sheet(args: argparse.Namespace) -> int:
+    from zlab.sheet import sheet_from_run_dir
+
+    paths = sheet_from_run_dir(args.dir, x=args.x, y=args.y, page=args.page, out=args.out, html=args.html,
+                               cell_width=args.cell_width)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from zlab.report import report_main
+
+    return report_main(args.notebook, [tuple(p) for p in args.parameter], args.out, args.hide_code, args.timeout)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from zlab.server import serve
+
+    serve(host=args.host, port=args.port, token=args.token, latency=args.latency, capacity=args.capacity)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from zlab.client import Client
+    from zlab.request import DEFAULT_LORAS, LoRA, Request
+
+    loras = () if args.no_lora else [LoRA(*parse_lora(text)) for text in args.lora] or DEFAULT_LORAS
+    request = Request(args.prompt, loras=loras, width=args.width, height=args.height, seed=args.seed)
+    with Client() as client:
+        generation = client.generate(request, timeout=args.timeout)
+    path = generation.save(args.out)
+    print(f"{path} ({generation.image.width}x{generation.image.height}, request {generation.request_id})")
+    return 0
+
+
+COMMANDS = {"run": _run, "sheet": _sheet, "report": _report, "serve": _serve, "generate": _generate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BAD_INPUT as exc:
+        print(f"zlab: error: {exc}", file=sys.stderr)
+        return 2
+    except errors.ZlabError as exc:
+        print(f"zlab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("zlab: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""A sweep: a base request plus named axes; every combination is one cell. Pure: no network.
+
+>>> sweep = Sweep(Request("t3chnic4lly a fox"), axes={"lora1_scale": "0-1.5 [4]", "seed": [1, 2, 3]})
+>>> len(sweep.cells())
+12
+
+Sweep files are YAML with the base request's fields plus `axes:` (and optionally `zip:` for axes
+that vary together, and `sheet:` for the contact sheet drawn after a run). A seed of -1 is resolved
+to a concrete random seed before anything is sent; the draws are recorded in the run directory, so
+rerunning the same file into the same directory resumes with the same seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from zlab.axes import axis_values, check_axis_name, parse_size
+from zlab.config import DEFAULT_PRICE_PER_MP
+from zlab.errors import ValidationError
+from zlab.request import MAX_LORAS, MODEL_ID, SEED_RANGE, LoRA, Request
+
+FILE_KEYS = ("prompt", "loras", "width", "height", "seed", "axes", "zip", "sheet", "name")
+PARAM_COLUMNS = ("prompt", "width", "height", "seed") + tuple(
+    f"lora{i}_{part}" for i in range(1, MAX_LORAS + 1) for part in ("path", "scale")
+)
+SECONDS_PER_IMAGE = 4.0  # a working guess for RunComfy (cold starts aside); plans say it is a guess
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One point of a sweep: the concrete request and the axis values that produced it."""
+
+    index: int
+    request: Request
+    values: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.request.key
+
+    def row(self) -> dict[str, Any]:
+        """The cell as result columns: every request parameter plus each axis value."""
+        req = self.request
+        row: dict[str, Any] = {"key": req.key, "prompt": req.prompt, "width": req.width, "height": req.height,
+                               "seed": req.seed}
+        for i in range(MAX_LORAS):
+            lora = req.loras[i] if i < len(req.loras) else None
+            row[f"lora{i + 1}_path"] = lora.path if lora else None
+            row[f"lora{i + 1}_scale"] = lora.scale if lora else None
+        row.update({k: v for k, v in self.values.items() if k not in row})
+        return row
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """What a plan will cost before anything is sent."""
+
+    cells: int
+    megapixels: float
+    cost_usd: float
+    seconds: float
+    concurrency: int
+
+    def __str__(self) -> str:
+        minutes = f"{self.seconds / 60:.1f} min" if self.seconds >= 90 else f"{self.seconds:.0f} s"
+        return (f"{self.cells} cells, {self.megapixels:.1f} MP, ≈${self.cost_usd:.2f} estimated, "
+                f"≈{minutes} at concurrency {self.concurrency}")
+
+
+class Sweep:
+    """A base request and axes; `cells()` is their product (zipped axes move together)."""
+
+    def __init__(
+        self,
+        base: Request,
+        axes: Mapping[str, Any] | None = None,
+        *,
+        zipped: Sequence[Sequence[str]] = (),
+        sheet: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        seed_draws: Sequence[int] | None = None,
+    ) -> None:
+        if not isinstance(base, Request):
+            raise ValidationError("base", base, "a zlab.Request")
+        self.base, self.name = base, name
+        self.sheet = dict(sheet) if sheet else None
+        raw_axes = dict(axes or {})
+        for axis in raw_axes:
+            check_axis_name(axis, len(base.loras))
+        if "size" in raw_axes and ({"width", "height"} & set(raw_axes)):
+            raise ValidationError("axes", "size", "either a size axis or width/height axes, not both")
+        self.axes: dict[str, list[Any]] = {axis: axis_values(axis, values) for axis, values in raw_axes.items()}
+        self.zip = _check_zip(zipped, self.axes)
+        self._raw = {"base": base.to_input(), "axes": raw_axes, "zip": [list(g) for g in self.zip]}
+        self.seed_draws = self._draw_seeds(seed_draws)
+        self._cells: list[Cell] | None = None
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], *, source: str = "sweep") -> Sweep:
+        """Build from the sweep file's structure (see the module docstring)."""
+        if not isinstance(spec, Mapping):
+            raise ValidationError(source, type(spec).__name__, "a mapping with keys " + ", ".join(FILE_KEYS))
+        unknown = sorted(set(spec) - set(FILE_KEYS))
+        if unknown:
+            raise ValidationError(unknown[0], spec[unknown[0]], "a sweep file key: one of " + ", ".join(FILE_KEYS))
+        fields = {k: spec[k] for k in ("prompt", "loras", "width", "height", "seed") if k in spec}
+        if "loras" in fields and fields["loras"] is None:
+            fields["loras"] = ()
+        base = Request.from_input(fields)
+        axes = spec.get("axes") or {}
+        if not isinstance(axes, Mapping):
+            raise ValidationError("axes", axes, "a mapping of axis name to values")
+        return cls(base, axes, zipped=spec.get("zip") or (), sheet=spec.get("sheet"), name=spec.get("name"))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Sweep:
+        """Read a YAML sweep file; errors name the file and the field."""
+        import yaml
+
+        path = Path(path)
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValidationError("sweep file", str(path), "an existing YAML file") from None
+        except yaml.YAMLError as exc:
+            raise ValidationError("sweep file", str(path), f"valid YAML ({exc})") from None
+        sweep = cls.from_dict(spec, source=str(path))
+        sweep.name = sweep.name or path.stem
+        return sweep
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the sweep as written (seeds still -1): equal fingerprints reuse the recorded seed draws."""
+        text = json.dumps({"model": MODEL_ID, **self._raw}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sweep as written, plus the concrete seed draws; what a run directory records."""
+        return {**self._raw, "sheet": self.sheet, "name": self.name, "seed_draws": list(self.seed_draws),
+                "fingerprint": self.fingerprint}
+
+    def with_seed_draws(self, draws: Sequence[int]) -> Sweep:
+        return Sweep(self.base, self._raw["axes"], zipped=self.zip, sheet=self.sheet, name=self.name, seed_draws=draws)
+
+    def _random_slots(self) -> int:
+        if "seed" in self.axes:
+            return sum(1 for s in self.axes["seed"] if s == -1)
+        return 1 if self.base.seed == -1 else 0
+
+    def _draw_seeds(self, draws: Sequence[int] | None) -> tuple[int, ...]:
+        needed = self._random_slots()
+        if draws is None:
+            rng = random.SystemRandom()
+            return tuple(rng.randint(0, SEED_RANGE[1]) for _ in range(needed))
+        if len(draws) != needed:
+            raise ValidationError("seed_draws", list(draws), f"{needed} concrete seeds (one per -1)")
+        return tuple(int(d) for d in draws)
+
+    def _groups(self) -> list[list[str]]:
+        """Axes in declaration order; zipped axes form one group at the place of their first member."""
+        groups: list[list[str]] = []
+        placed: set[str] = set()
+        for axis in self.axes:
+            if axis in placed:
+                continue
+            group = next((list(g) for g in self.zip if axis in g), [axis])
+            groups.append(group)
+            placed.update(group)
+        return groups
+
+    def cells(self) -> list[Cell]:
+        """Every cell, in order: the first axis varies slowest."""
+        if self._cells is not None:
+            return self._cells
+        axes = dict(self.axes)
+        if "seed" in axes:
+            draws = iter(self.seed_draws)
+            axes["seed"] = [next(draws) if s == -1 else s for s in axes["seed"]]
+        base = self.base.replace(seed=self.seed_draws[0]) if "seed" not in axes and self.base.seed == -1 else self.base
+        groups = self._groups()
+        choices = [[{a: axes[a][i] for a in g} for i in range(len(axes[g[0]]))] for g in groups]
+        cells = []
+        for index, combo in enumerate(itertools.product(*choices)):
+            values: dict[str, Any] = {k: v for part in combo for k, v in part.items()}
+            cells.append(Cell(index, apply_values(base, values), values))
+        self._cells = cells
+        return cells
+
+    def estimate(
+        self,
+        concurrency: int = 8,
+        *,
+        price_per_mp: float = DEFAULT_PRICE_PER_MP,
+        seconds_per_image: float = SECONDS_PER_IMAGE,
+        cells: Sequence[Cell] | None = None,
+    ) -> Estimate:
+        """Megapixels, cost (price per megapixel) and wall time (waves of `concurrency`) of some or all cells."""
+        chosen = self.cells() if cells is None else cells
+        mp = sum(c.request.megapixels for c in chosen)
+        waves = math.ceil(len(chosen) / max(1, concurrency))
+        return Estimate(len(chosen), mp, mp * price_per_mp, waves * seconds_per_image, concurrency)
+
+    def plan(self, concurrency: int = 8, *, price_per_mp: float = DEFAULT_PRICE_PER_MP) -> pd.DataFrame:
+        """A DataFrame of cells (key, every parameter, megapixels, cost); `.attrs['estimate']` sums it up."""
+        rows = []
+        for cell in self.cells():
+            row = cell.row()
+            row["megapixels"] = cell.request.megapixels
+            row["cost_usd"] = cell.request.megapixels * price_per_mp
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        df.attrs["estimate"] = self.estimate(concurrency, price_per_mp=price_per_mp)
+        return df
+
+    def __len__(self) -> int:
+        return len(self.cells())
+
+    def __repr__(self) -> str:
+        axes = " × ".join(f"{a}[{len(v)}]" for a, v in self.axes.items()) or "no axes"
+        return f"<Sweep {self.name or ''} {axes} = {len(self)} cells>".replace("  ", " ")
+
+
+def apply_values(base: Request, values: Mapping[str, Any]) -> Request:
+    """The base request with axis values applied (`size` sets width and height together)."""
+    changes: dict[str, Any] = {}
+    loras = list(base.loras)
+    for axis, value in values.items():
+        if axis == "size":
+            changes["width"], changes["height"] = parse_size(axis, value)
+        elif axis.startswith("lora"):
+            index, part = int(axis[4]) - 1, axis.split("_", 1)[1]
+            lora = loras[index]
+            loras[index] = LoRA(value, lora.scale) if part == "path" else LoRA(lora.path, value)
+        else:
+            changes[axis] = value
+    return base.replace(loras=tuple(loras), **changes)
+
+
+def _check_zip(groups: Any, axes: Mapping[str, list[Any]]) -> tuple[tuple[str, ...], ...]:
+    if not isinstance(groups, list | tuple):
+        raise ValidationError("zip", groups, "a list of lists of axis names, e.g. [[lora1_scale, lora2_scale]]")
+    checked: list[tuple[str, ...]] = []
+    used: set[str] = set()
+    for group in groups:
+        if not isinstance(group, list | tuple) or len(group) < 2:
+            raise ValidationError("zip", group, "a list of two or more axis names")
+        for axis in group:
+            if axis not in axes:
+                raise ValidationError("zip", axis, "an axis named under 'axes:' (" + ", ".join(axes) + ")")
+            if axis in used:
+                raise ValidationError("zip", axis, "each axis in at most one zip group")
+            used.add(axis)
+        lengths = {axis: len(axes[axis]) for axis in group}
+        if len(set(lengths.values())) > 1:
+            raise ValidationError("zip", lengths, "axes of equal length (they move together)")
+        checked.append(tuple(group))
+    return tuple(checked)
