@@ -122,7 +122,7 @@ class AsyncClient:
     async def collect(self, job: Job, outcome: Outcome) -> Generation:
         """Download and check the first output of a finished job."""
         url = outcome.outputs[0]
-        data = await fetch(self.api.http, url)
+        data = await fetch(self.api.http, url, retry=self.api.retry)
         request = job.request
         expected = (request.width, request.height) if isinstance(request, Request) else None
         image = decode_image(data, expected_size=expected, url=url)

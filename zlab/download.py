@@ -81,7 +81,9 @@ def decode_image(data: bytes, *, expected_size: tuple[int, int] | None = None, u
             return probe.copy()
     except DownloadError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DownloadError(f"output image is a decompression bomb: refusing to decode it ({exc})", url=url) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DownloadError(f"output file is not a valid image ({exc})", url=url) from exc
 
 

@@ -329,7 +329,7 @@ class _RunState:
             return
         url = outcome.outputs[0]
         try:
-            data = await fetch(self.api.http, url)
+            data = await fetch(self.api.http, url, retry=self.api.retry)
             decode_image(data, expected_size=(cell.request.width, cell.request.height), url=url)
         except errors.DownloadError as exc:
             final = "failed" if not exc.transient else "accepted"  # transient: a rerun collects it again
