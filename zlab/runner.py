@@ -56,8 +56,12 @@ class RunResult:
         tallies = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
         calls = sum(self.calls.values())
         stop = " (interrupted: rerun to resume)" if self.interrupted else ""
-        return (f"zlab: {len(self.df)} cells: {tallies} in {self.elapsed_s:.1f} s, {calls} API calls, "
+        line = (f"zlab: {len(self.df)} cells: {tallies} in {self.elapsed_s:.1f} s, {calls} API calls, "
                 f"≈${self.estimate.cost_usd:.2f} estimated; results in {self.out}{stop}")
+        if unknown := self.counts.get("unknown"):
+            line += (f"\nzlab: {unknown} cell(s) have an unknown submit outcome (they may have been billed): "
+                     "rerun with --retry-unknown (retry_unknown=True) to send them again")
+        return line
 
     def __repr__(self) -> str:
         return f"<RunResult {self.summary()}>"
