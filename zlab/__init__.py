@@ -1,7 +1,60 @@
-"""zlab: sweep, compare and report Z-Image Turbo LoRAs through the RunComfy Model API."""
+"""zlab: sweep, compare and report Z-Image Turbo LoRAs through the RunComfy Model API.
+
+>>> import zlab
+>>> client = zlab.Client()   # no RUNCOMFY_TOKEN: the built-in local server (synthetic images)
+>>> sweep = zlab.Sweep(zlab.Request("t3chnic4lly a fox"), axes={"lora1_scale": "0-1.5 [4]", "seed": [1, 2]})
+>>> res = client.run(sweep, out="runs/fox")                     # doctest: +SKIP
+>>> zlab.contact_sheet(res.df, x="lora1_scale", y="seed")       # doctest: +SKIP
+
+Names are imported on first use, so `import zlab` stays fast and pulls in no plotting or notebook stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from zlab.errors import ZlabError
 from zlab.request import LoRA, Request
 
-__all__ = ["LoRA", "Request", "ZlabError"]
 __version__ = "0.1.0"
+
+_LAZY = {
+    "AsyncClient": "zlab.client",
+    "Client": "zlab.client",
+    "Generation": "zlab.jobs",
+    "Job": "zlab.jobs",
+    "Sweep": "zlab.sweep",
+    "RunResult": "zlab.runner",
+    "LocalServer": "zlab.server",
+    "Faults": "zlab.server",
+    "contact_sheet": "zlab.sheet",
+    "read_sheet": "zlab.sheet",
+    "strength_curve": "zlab.sheet",
+    "report": "zlab.report",
+    "Report": "zlab.report",
+}
+__all__ = ["LoRA", "Request", "ZlabError", *sorted(_LAZY)]
+
+if TYPE_CHECKING:
+    from zlab.client import AsyncClient, Client
+    from zlab.jobs import Generation, Job
+    from zlab.report import Report, report
+    from zlab.runner import RunResult
+    from zlab.server import Faults, LocalServer
+    from zlab.sheet import contact_sheet, read_sheet, strength_curve
+    from zlab.sweep import Sweep
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name == "widgets":
+        return importlib.import_module("zlab.widgets")
+    raise AttributeError(f"module 'zlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "widgets", "__version__"])
