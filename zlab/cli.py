@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", help="require this bearer token (the local server's, not your RunComfy key)")
     serve.add_argument("--latency", default="1.0", help='seconds per job: "1.5" or base+per-megapixel "0.5+0.8/mp"')
     serve.add_argument("--capacity", type=int, default=4, help="jobs running at once; the rest queue")
+    serve.add_argument("--expire-after", type=float, help="request ids older than this many seconds answer 404")
 
     generate = commands.add_parser("generate", help="generate one image to a file")
     generate.add_argument("prompt")
@@ -119,7 +120,8 @@ def _report(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from zlab.server import serve
 
-    serve(host=args.host, port=args.port, token=args.token, latency=args.latency, capacity=args.capacity)
+    serve(host=args.host, port=args.port, token=args.token or None, latency=args.latency, capacity=args.capacity,
+          expire_after=args.expire_after)
     return 0
 
 
