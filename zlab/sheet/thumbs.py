@@ -1,0 +1,139 @@
+"""Thumbnails: decode at reduced size and cache them on disk, so sheets never hold full images.
+
+JPEGs are decoded straight at 1/2, 1/4 or 1/8 scale (`Image.draft`); PNGs must be decoded whole, one
+at a time, then shrunk with `reduce` before the final resample (`thumbnail(reducing_gap=...)`).
+Thumbnails are cached under the run directory (`.zlab/thumbs/`), keyed by the image's path, mtime,
+size and the thumbnail width, so a changed image is never served stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+CACHE_DIR = Path(".zlab") / "thumbs"
+_VERSION = "1"  # bump when the thumbnail recipe changes, so old cache entries stop matching
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Why a cell has no thumbnail; drawn as the placeholder text."""
+
+    reason: str
+
+
+def cache_dir(root: str | os.PathLike[str]) -> Path:
+    """Where a run directory keeps its thumbnails."""
+    return Path(root) / CACHE_DIR
+
+
+def cache_key(path: Path, stat: os.stat_result, width: int) -> str:
+    """Cache file name for `path` at `width`: changes whenever the file does."""
+    ident = f"{_VERSION}|{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{width}"
+    return hashlib.sha1(ident.encode()).hexdigest() + ".png"
+
+
+def _flatten(im: Image.Image) -> Image.Image:
+    """RGB, with transparency composited onto white (the sheet's background)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, "white")
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return im.convert("RGB")
+
+
+def decode_thumbnail(path: str | os.PathLike[str], width: int) -> Image.Image:
+    """Open `path` and return an RGB image `width` pixels wide, true aspect ratio.
+
+    Decodes at reduced size where the format allows; small images are scaled up to `width`.
+    """
+    with Image.open(path) as opened:
+        w, h = opened.size
+        height = max(1, round(h * width / w))
+        # JPEG: the decoder itself skips detail (DCT scaling); other formats ignore draft.
+        opened.draft("RGB", (width, height))
+        im: Image.Image = opened
+        if im.mode not in ("RGB", "RGBA", "L", "LA"):
+            im = _flatten(im)  # P / CMYK / I;16 cannot be resampled well as they are
+        if im.width > width:
+            # reducing_gap: first `reduce` by an integer factor (fast box filter), then resample the rest.
+            im.thumbnail((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        if im.size != (width, height):
+            im = im.resize((width, height), Image.Resampling.LANCZOS)
+        out = _flatten(im)
+        out.load()
+        return out
+
+
+def load_thumbnail(
+    path: str | os.PathLike[str], width: int, cache: str | os.PathLike[str] | None = None
+) -> Image.Image:
+    """A thumbnail of `path`, `width` wide, read from or written to the `cache` directory if given.
+
+    Raises FileNotFoundError when the image is gone, OSError when it cannot be decoded.
+    """
+    path = Path(path)
+    stat = path.stat()
+    entry = Path(cache) / cache_key(path, stat, width) if cache is not None else None
+    if entry is not None and entry.exists():
+        try:
+            with Image.open(entry) as im:
+                im.load()
+                return im.convert("RGB")
+        except OSError:
+            pass  # a torn or foreign file: decode again and overwrite it
+    thumb = decode_thumbnail(path, width)
+    if entry is not None:
+        _store(entry, thumb)
+    return thumb
+
+
+def _store(entry: Path, thumb: Image.Image) -> None:
+    """Write atomically (temp file + rename) so concurrent sheets never read half a thumbnail."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            # compress_level=1: the cache is read back soon; speed matters more than bytes.
+            thumb.save(f, format="PNG", compress_level=1)
+        os.replace(tmp, entry)
+    except OSError:
+        pass  # read-only run directory: the sheet still works, just without a cache
+
+
+def _one(path: Path | None, width: int, cache: Path | None) -> Image.Image | Missing:
+    if path is None:
+        return Missing("no image")
+    try:
+        return load_thumbnail(path, width, cache)
+    except FileNotFoundError:
+        return Missing(f"file missing: {path.name}")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return Missing(f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+
+def load_many(
+    paths: Iterable[Path | None], width: int, cache: Path | None = None, workers: int | None = None
+) -> Iterator[Image.Image | Missing]:
+    """Thumbnails for `paths` in order, decoded on a few threads (Pillow's decoders release the GIL).
+
+    At most about `workers` full-size images are in memory at once.
+    """
+    workers = workers or min(8, (os.cpu_count() or 2) + 1)
+    items = list(paths)
+    if workers <= 1 or len(items) <= 1:
+        for p in items:
+            yield _one(p, width, cache)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(lambda p: _one(p, width, cache), items)
