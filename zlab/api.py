@@ -3,6 +3,8 @@
 `API` is deliberately thin: it sends, classifies the fault, asks `zlab.retry` what to do, and
 hands bodies to `zlab.protocol`. A 429 pauses every caller sharing this `API` (not just the one
 that saw it), so a sweep of hundreds of cells backs off as one instead of hammering the service.
+The pause lives in the transport (`_Gate`), right at the wire: it closes the moment a 429 arrives
+and holds every later API call, including ones already waiting for a connection.
 """
 
 from __future__ import annotations
@@ -23,6 +25,31 @@ from zlab.retry import Fault, RetryPolicy, backoff_s, should_retry
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=60.0)
 
 
+class _Gate(httpx.AsyncBaseTransport):
+    """Holds calls to the API while a pause runs; a 429 with Retry-After starts one as it passes."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, base_url: str) -> None:
+        self.inner, self.base_url = inner, base_url
+        self.closed_until = 0.0  # monotonic time
+
+    def close_for(self, seconds: float) -> None:
+        self.closed_until = max(self.closed_until, time.monotonic() + seconds)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if str(request.url).startswith(self.base_url):  # output files live elsewhere (a CDN): not held
+            while (delay := self.closed_until - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+        response = await self.inner.handle_async_request(request)
+        if response.status_code == 429:
+            retry_after = protocol.parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after:
+                self.close_for(retry_after)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class API:
     """Calls the service at `base_url`; every call has a deadline; the token never leaves the header."""
 
@@ -40,10 +67,10 @@ class API:
         self.retry = retry
         self.calls: collections.Counter[str] = collections.Counter()  # per endpoint, for benchmarks
         self._token = token
-        self._paused_until = 0.0  # monotonic time before which no call is sent (after a 429)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._gate = _Gate(transport or httpx.AsyncHTTPTransport(limits=limits), self.base_url)
         # No auth on the client itself: the header is added per call, so output downloads never carry it.
-        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits, follow_redirects=False)
+        self._http = httpx.AsyncClient(transport=self._gate, timeout=timeout, follow_redirects=False)
 
     def __repr__(self) -> str:
         return f"<API {self.base_url} token={'set' if self._token else 'none'}>"
@@ -87,7 +114,6 @@ class API:
         attempt = 0
         while True:
             attempt += 1
-            await self._respect_pause()
             self.calls[name] += 1
             fault: Fault | None
             retry_after: float | None = None
@@ -115,12 +141,8 @@ class API:
             if time.monotonic() + wait > deadline:
                 raise failure
             if fault == "rate_limited":  # everyone sharing this API waits, not only this caller
-                self._paused_until = max(self._paused_until, time.monotonic() + wait)
+                self._gate.close_for(wait)
             await asyncio.sleep(wait)
-
-    async def _respect_pause(self) -> None:
-        while (delay := self._paused_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
 
     def _lost(self, name: str, exc: Exception, request_id: str | None) -> errors.TransportError:
         if name == "submit":

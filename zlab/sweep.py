@@ -93,7 +93,7 @@ class Sweep:
         if not isinstance(base, Request):
             raise ValidationError("base", base, "a zlab.Request")
         self.base, self.name = base, name
-        self.sheet = dict(sheet) if sheet else None
+        self.sheet = _check_sheet(sheet)
         raw_axes = dict(axes or {})
         for axis in raw_axes:
             check_axis_name(axis, len(base.loras))
@@ -244,6 +244,22 @@ def apply_values(base: Request, values: Mapping[str, Any]) -> Request:
         else:
             changes[axis] = value
     return base.replace(loras=tuple(loras), **changes)
+
+
+SHEET_KEYS = ("x", "y", "page", "cell_width", "stack", "title")
+
+
+def _check_sheet(sheet: Any) -> dict[str, Any] | None:
+    """`sheet:` in a sweep file: which columns go across, down and onto pages (drawn after a run)."""
+    if sheet is None:
+        return None
+    allowed = "a mapping like {x: lora1_scale, y: seed} with keys " + ", ".join(SHEET_KEYS)
+    if not isinstance(sheet, Mapping) or "x" not in sheet:
+        raise ValidationError("sheet", sheet, allowed)
+    unknown = sorted(set(sheet) - set(SHEET_KEYS), key=str)
+    if unknown:
+        raise ValidationError(f"sheet.{unknown[0]}", sheet[unknown[0]], allowed)
+    return dict(sheet)
 
 
 def _check_zip(groups: Any, axes: Mapping[str, list[Any]]) -> tuple[tuple[str, ...], ...]:
