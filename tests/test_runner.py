@@ -134,3 +134,22 @@ def test_unknown_submits_are_never_resent_unless_asked(tmp_path):
             assert srv.stats.calls["submit"] == calls  # not resent by default: they may have been billed
             last = client.run(sweep(), tmp_path / "run", progress=False, cache=False, retry_unknown=True)
     assert last.ok and {s.key for s in srv.stats.submissions[calls:]} == unknown
+
+
+def test_a_run_primes_the_sheet_thumbnails_with_the_sheets_own_recipe(server, tmp_path):
+    from zlab.sheet.thumbs import cache_dir, cache_key, decode_thumbnail
+
+    with Client(base_url=server.base_url) as client:
+        result = client.run(sweep(), tmp_path / "run", progress=False)
+    for row in result.df.itertuples():
+        image = tmp_path / "run" / row.image_path
+        entry = cache_dir(tmp_path / "run") / cache_key(image, image.stat(), 256)
+        with Image.open(entry) as cached:
+            assert cached.tobytes() == decode_thumbnail(image, 256).tobytes()
+
+
+def test_results_hold_only_this_sweeps_cells(server, tmp_path):
+    with Client(base_url=server.base_url) as client:
+        client.run(sweep(seed=[1, 2, 3]), tmp_path / "run", progress=False)
+        second = client.run(sweep(seed=[4]), tmp_path / "run", progress=False)
+    assert list(second.df.seed) == [4, 4, 4] and len(pd.read_parquet(tmp_path / "run" / "results.parquet")) == 3

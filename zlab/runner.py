@@ -27,6 +27,7 @@ from zlab.download import decode_image, fetch, image_suffix
 from zlab.jobs import Signal, follow
 from zlab.polling import Track
 from zlab.protocol import Outcome
+from zlab.sheet.thumbs import prime
 from zlab.store import OPEN_STATES, Cache, RunDir, now_iso, results_frame
 from zlab.sweep import SECONDS_PER_IMAGE, Cell, Estimate, Sweep
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from zlab.client import AsyncClient
 
 CANCEL_DEADLINE_S = 8.0
+THUMB_WIDTH = 256  # contact_sheet's default cell width
 
 
 @dataclasses.dataclass
@@ -171,7 +173,8 @@ async def run_sweep(
             await state.stop(say)
         finally:
             state.progress.close()
-        df = results_frame(ledger.rows(), extra_columns=list(sweep.axes))
+        keys = {c.key for c in cells}  # this sweep's cells only, even if the directory saw others before
+        df = results_frame([r for r in ledger.rows() if r["key"] in keys], extra_columns=list(sweep.axes))
         df.attrs["run_dir"] = str(run.root)
         run.write_results(df)
         counts = dict(collections.Counter(df["status"]))
@@ -334,7 +337,7 @@ class _RunState:
         url = outcome.outputs[0]
         try:
             data = await fetch(self.api.http, url, retry=self.api.retry)
-            decode_image(data, expected_size=(cell.request.width, cell.request.height), url=url)
+            image = decode_image(data, expected_size=(cell.request.width, cell.request.height), url=url)
         except errors.DownloadError as exc:
             final = "failed" if not exc.transient else "accepted"  # transient: a rerun collects it again
             self._record(key, "running", final, str(exc), image_url=url)
@@ -342,6 +345,8 @@ class _RunState:
         metadata = {"zlab:request": cell.request.canonical_json(self.client.model),
                     "zlab:sweep": json.dumps(self.sweep.to_dict(), default=str), "zlab:request_id": request_id}
         path = await asyncio.to_thread(self.run.save_image, key, data, image_suffix(data), metadata)
+        # The image is decoded already (to check it): cache its thumbnail now, so the first sheet is fast.
+        await asyncio.to_thread(prime, self.run.root / path, image, THUMB_WIDTH, self.run.root)
         self._record(key, "running", "succeeded", None, image_path=path, image_url=url, **times)
         if self.cache is not None:
             row = self.ledger.get(key) or {}

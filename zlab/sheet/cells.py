@@ -20,7 +20,7 @@ from zlab.errors import ValidationError
 from zlab.sheet.layout import axis_label, format_value
 
 BOOKKEEPING = frozenset(
-    {"key", "status", "error", "request_id", "image_path", "image_url", "cost_usd", "base_url"}
+    {"key", "status", "error", "request_id", "image_path", "image_url", "cost_usd", "base_url", "cached", "megapixels"}
 )
 
 

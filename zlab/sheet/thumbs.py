@@ -59,20 +59,33 @@ def decode_thumbnail(path: str | os.PathLike[str], width: int) -> Image.Image:
     """
     with Image.open(path) as opened:
         w, h = opened.size
-        height = max(1, round(h * width / w))
         # JPEG: the decoder itself skips detail (DCT scaling); other formats ignore draft.
-        opened.draft("RGB", (width, height))
-        im: Image.Image = opened
-        if im.mode not in ("RGB", "RGBA", "L", "LA"):
-            im = _flatten(im)  # P / CMYK / I;16 cannot be resampled well as they are
-        if im.width > width:
-            # reducing_gap: first `reduce` by an integer factor (fast box filter), then resample the rest.
-            im.thumbnail((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
-        if im.size != (width, height):
-            im = im.resize((width, height), Image.Resampling.LANCZOS)
-        out = _flatten(im)
-        out.load()
-        return out
+        opened.draft("RGB", (width, max(1, round(h * width / w))))
+        return shrink(opened, width, (w, h))
+
+
+def shrink(im: Image.Image, width: int, size: tuple[int, int] | None = None) -> Image.Image:
+    """The thumbnail recipe: RGB, `width` wide, true aspect ratio of `size` (default: the image's own)."""
+    w, h = size or im.size
+    height = max(1, round(h * width / w))
+    if im.mode not in ("RGB", "RGBA", "L", "LA"):
+        im = _flatten(im)  # P / CMYK / I;16 cannot be resampled well as they are
+    if im.width > width:
+        # reducing_gap: first `reduce` by an integer factor (fast box filter), then resample the rest.
+        im = im.copy() if im.readonly else im
+        im.thumbnail((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    if im.size != (width, height):
+        im = im.resize((width, height), Image.Resampling.LANCZOS)
+    out = _flatten(im)
+    out.load()
+    return out
+
+
+def prime(path: str | os.PathLike[str], image: Image.Image, width: int, root: str | os.PathLike[str]) -> None:
+    """Cache the thumbnail of an image already decoded (a run does this as it saves each image),
+    so the first sheet of a run directory needs no full decodes."""
+    path = Path(path)
+    _store(cache_dir(root) / cache_key(path, path.stat(), width), shrink(image.copy(), width))
 
 
 def load_thumbnail(
