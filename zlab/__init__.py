@@ -28,11 +28,16 @@ _LAZY = {
     "RunResult": "zlab.runner",
     "LocalServer": "zlab.server",
     "Faults": "zlab.server",
+    "ContactSheet": "zlab.sheet",
+    "StrengthCurve": "zlab.sheet",
     "contact_sheet": "zlab.sheet",
     "read_sheet": "zlab.sheet",
     "strength_curve": "zlab.sheet",
     "report": "zlab.report",
     "Report": "zlab.report",
+    "thumbnail_table": "zlab.display",
+    "SweepBuilder": "zlab.widgets",
+    "Gallery": "zlab.widgets",
 }
 __all__ = ["LoRA", "Request", "ZlabError", *sorted(_LAZY)]
 
@@ -42,7 +47,9 @@ if TYPE_CHECKING:
     from zlab.report import Report, report
     from zlab.runner import RunResult
     from zlab.server import Faults, LocalServer
-    from zlab.sheet import contact_sheet, read_sheet, strength_curve
+    from zlab.display import thumbnail_table
+    from zlab.sheet import ContactSheet, StrengthCurve, contact_sheet, read_sheet, strength_curve
+    from zlab.widgets import Gallery, SweepBuilder
     from zlab.sweep import Sweep
 
 

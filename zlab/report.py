@@ -1,6 +1,6 @@
 """Run a parameterised notebook with papermill and render it to HTML: `zlab report`.
 
->>> rep = report("notebooks/lora-scale.ipynb", {"seeds": [5, 6], "prompt": "a fox"})  # doctest: +SKIP
+>>> rep = report("notebooks/lora_scale_sweep.ipynb", {"seeds": [5, 6], "prompt": "a fox"})  # doctest: +SKIP
 >>> rep.ok, rep.html                                                                   # doctest: +SKIP
 (True, PosixPath('reports/lora-scale-20250101T120000Z/lora-scale.html'))
 

@@ -1,0 +1,177 @@
+"""The report notebooks, used as a person would: `zlab report` in a subprocess, real kernels, the HTML
+opened in headless Chromium; plus checks that the committed notebooks are clean and parameterised."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from zlab.report import report
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+NAMES = ("lora_scale_sweep", "seed_grid", "size_sweep")
+CANARY = "canary-token-3e9d1f7a5c20"
+CHROMIUM = "/usr/bin/chromium"
+_PNG_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def parameters_of(name: str) -> dict:
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{name}: exactly one cell tagged 'parameters'"
+    values = {}
+    for node in ast.parse(cells[0].source).body:
+        assert isinstance(node, ast.Assign), f"{name}: the parameters cell holds only assignments"
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNCOMFY_", "ZLAB_"))}
+    env.update(ZLAB_LOCAL_LATENCY="0", ZLAB_CACHE_DIR=str(tmp_path / "cache"), **extra)
+    return env
+
+
+def files_containing(root: Path, needle: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def find_in(screen: np.ndarray, image: np.ndarray) -> tuple[float, int, int]:
+    """(mean abs difference, top, left) of the best placement of `image` in `screen`, found by sliding
+    one row of the image across every screen row (rendered 1:1, a loaded image matches exactly)."""
+    h, w = image.shape[:2]
+    probe = h // 2
+    best = (float("inf"), -1, -1)
+    for top in range(screen.shape[0] - h + 1):
+        windows = np.lib.stride_tricks.sliding_window_view(screen[top + probe], (w, 3))[:, 0]
+        diff = np.abs(windows - image[probe]).mean(axis=(1, 2))
+        left = int(diff.argmin())
+        if diff[left] < best[0]:
+            best = (float(diff[left]), top, left)
+            if best[0] == 0:
+                break
+    return best
+
+
+# ---------------------------------------------------------------- the committed files
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebooks_are_saved_clean_and_parameterised(name):
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs must be cleared"
+            assert "ipywidgets" not in cell.source and "zlab.widgets" not in cell.source  # blank in reports
+    params = parameters_of(name)
+    assert json.loads(json.dumps(params)) == params  # plain JSON values: papermill and -p can set them
+    assert params["out_dir"].startswith("../runs/") and {"seeds", "concurrency"} <= set(params)
+    assert nb.cells[0].cell_type == "markdown" and "What this answers" in nb.cells[0].source
+
+
+# ---------------------------------------------------------------- running them
+
+
+@pytest.mark.slow
+def test_lora_scale_sweep_report_from_the_command_line(tmp_path):
+    out, run = tmp_path / "report", tmp_path / "run"
+    # ZLAB_BASE_URL=local keeps the built-in server even with a token: the canary must reach no file.
+    env = clean_env(tmp_path, ZLAB_BASE_URL="local", RUNCOMFY_TOKEN=CANARY)
+    cmd = [sys.executable, "-m", "zlab.cli", "report", "notebooks/lora_scale_sweep.ipynb", "--out", str(out),
+           "-p", "seeds", "[5, 6]", "-p", "scales", "[0, 0.75, 1.5]", "-p", "out_dir", str(run),
+           "-p", "width", "256", "-p", "height", "256"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr  # e.g. no token had to be scrubbed from the report
+
+    for where in (out, run, tmp_path / "cache"):
+        assert files_containing(where, CANARY) == [], f"the token leaked under {where}"
+
+    df = pd.read_parquet(run / "results.parquet")
+    assert len(df) == 6 and set(df["status"]) == {"succeeded"} and not df["cached"].any()
+    assert sorted(zip(df["lora1_scale"], df["seed"], strict=True)) == [
+        (s, seed) for s in (0, 0.75, 1.5) for seed in (5, 6)]
+    assert set(df["width"]) == {256} and len(list((run / "images").iterdir())) == 6
+
+    # The HTML embeds the contact sheet itself, pixel for pixel.
+    sheet = np.asarray(Image.open(run / "sheet.png").convert("RGB")).astype(np.int16)
+    html = next(out.glob("*.html")).read_text(encoding="utf-8")
+    embedded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(m))).convert("RGB")).astype(np.int16)
+                for m in _PNG_URI.findall(html)]
+    assert any(e.shape == sheet.shape and np.array_equal(e, sheet) for e in embedded)
+    executed = nbformat.read(next(out.glob("*.ipynb")), as_version=4)
+    curve_cell = next(c for c in executed.cells if c.cell_type == "code" and "strength_curve(" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in curve_cell.outputs)  # the curve, drawn
+    assert "zlab: 6 cells: 6 succeeded" in executed.cells[-1].outputs[0]["text"]  # the summary line
+
+    # Opened in a browser, the sheet is drawn where the report puts it.
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed: the browser check did not run")
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,4000",
+                    f"--screenshot={shot}", next(out.glob("*.html")).as_uri()],
+                   capture_output=True, timeout=60, check=False)
+    assert shot.is_file(), "chromium wrote no screenshot"
+    screen = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    diff, top, left = find_in(screen, sheet)
+    assert diff < 2, f"the contact sheet is not visible in the rendered report (best match {diff:.1f})"
+    region = screen[top:top + sheet.shape[0], left:left + sheet.shape[1]]
+    assert np.abs(region - sheet).mean() < 2  # the whole sheet, not just one row of it
+    assert len(np.unique(region.reshape(-1, 3), axis=0)) > 1000  # a picture, not a blank or an icon
+
+
+@pytest.mark.slow
+def test_seed_grid_runs_with_its_relative_out_dir(tmp_path, monkeypatch):
+    for k, v in clean_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    for k in [k for k in os.environ if k.startswith("RUNCOMFY_") or k == "ZLAB_BASE_URL"]:
+        monkeypatch.delenv(k)
+    folder = tmp_path / "notebooks"  # a copy, so the default out_dir "../runs/…" lands under tmp_path
+    folder.mkdir()
+    shutil.copy(NOTEBOOKS / "seed_grid.ipynb", folder)
+    rep = report(folder / "seed_grid.ipynb", {"seeds": [1, 2, 3], "width": 256, "height": 256,
+                                              "prompts": ["a fox in snow", "a fox in a city"]}, tmp_path / "out")
+    assert rep.ok, rep.error
+    run = tmp_path / "runs" / "seed_grid"
+    df = pd.read_parquet(run / "results.parquet")
+    assert len(df) == 6 and set(df["status"]) == {"succeeded"}
+    assert set(df["prompt"]) == {"a fox in snow", "a fox in a city"} and set(df["seed"]) == {1, 2, 3}
+    assert (run / "sheet.png").is_file() and "data:image/png;base64" in rep.html.read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_size_sweep_runs_and_letterboxes(tmp_path, monkeypatch):
+    for k, v in clean_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    for k in [k for k in os.environ if k.startswith("RUNCOMFY_") or k == "ZLAB_BASE_URL"]:
+        monkeypatch.delenv(k)
+    run = tmp_path / "run"
+    rep = report(NOTEBOOKS / "size_sweep.ipynb", {"sizes": ["256x256", "256x384", "384x256"], "seeds": [7],
+                                                  "out_dir": str(run)}, tmp_path / "out")
+    assert rep.ok, rep.error
+    df = pd.read_parquet(run / "results.parquet")
+    assert sorted(zip(df["width"], df["height"], strict=True)) == [(256, 256), (256, 384), (384, 256)]
+    assert set(df["status"]) == {"succeeded"}
+    with Image.open(run / "sheet.png") as sheet:
+        assert sheet.width > sheet.height  # three sizes across one seed row
+    html = rep.html.read_text(encoding="utf-8")
+    assert "megapixels" in html and "data:image/png;base64" in html  # the per-size table and the sheet
