@@ -295,7 +295,9 @@ def _run_child(job: dict[str, Any], timeout: float) -> dict[str, Any] | None:
     down; it is killed if it has not gone `_GRACE_S` later.
     """
     cmd = [sys.executable, "-c", "from zlab.report import _child_main; _child_main()"]
-    env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # quiets a debugger warning per kernel
+    # PYDEVD_…: quiets a debugger warning per kernel. ZLAB_REPORT: progress widgets render blank in HTML,
+    # so sweeps run inside a report show only their summary line.
+    env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1", "ZLAB_REPORT": "1"}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True, start_new_session=True)
     payload = yaml.safe_dump(job)

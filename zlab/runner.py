@@ -82,7 +82,7 @@ class _Progress:
     def __init__(self, total: int, done: int, enabled: bool) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
         self.bar = None
-        if enabled:
+        if enabled and not os.environ.get("ZLAB_REPORT"):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=done, unit="img", desc="zlab", file=sys.stderr, dynamic_ncols=True)
