@@ -189,16 +189,15 @@ def test_auth_errors_say_what_to_do():
 def test_the_token_never_shows(caplog, capsys):
     canary = "canary-7f3a9c1e55d04b2b"
     caplog.set_level(logging.DEBUG)
-    with LocalServer(token=canary, latency=0.01) as srv:
-        with Client(canary, srv.base_url) as client:
-            gen = client.generate(SMALL)
-            shown = [repr(client), repr(client.settings), repr(client.aclient.api), repr(gen), repr(srv)]
-            caught = []
-            for call in (lambda: client.job("nope").status(), lambda: client.submit({"prompt": ""})):
-                try:
-                    call()
-                except errors.ZlabError as exc:
-                    caught += [str(exc), repr(exc), repr(exc.__dict__)]
+    with LocalServer(token=canary, latency=0.01) as srv, Client(canary, srv.base_url) as client:
+        gen = client.generate(SMALL)
+        shown = [repr(client), repr(client.settings), repr(client.aclient.api), repr(gen), repr(srv)]
+        caught = []
+        for call in (lambda: client.job("nope").status(), lambda: client.submit({"prompt": ""})):
+            try:
+                call()
+            except errors.ZlabError as exc:
+                caught += [str(exc), repr(exc), repr(exc.__dict__)]
     out = capsys.readouterr()
     text = "\n".join([*shown, *caught, caplog.text, out.out, out.err])
     assert caught and canary not in text

@@ -67,7 +67,7 @@ def test_sigkill_then_resume_loses_nothing_and_pays_nothing_twice(tmp_path, mome
         first_accepted = {s.request_id for s in stats.submissions}
 
         resumed = start_run(tmp_path, srv)
-        out, err = resumed.communicate(timeout=60)
+        _, err = resumed.communicate(timeout=60)
         df = pd.read_parquet(tmp_path / "run" / "results.parquet")
         accepted = stats.accepted()
 
@@ -95,7 +95,7 @@ def test_sigint_cancels_queued_jobs_and_a_rerun_collects_the_rest(tmp_path):
         time.sleep(0.3)
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
+        _, err = proc.communicate(timeout=15)
         stopped_in = time.monotonic() - start
         states = [job.state for job in srv.stats.jobs.values()]
         df = pd.read_parquet(tmp_path / "run" / "results.parquet")

@@ -18,7 +18,7 @@ SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 def test_box_mean_matches_brute_force():
     x = np.random.default_rng(1).random((9, 12))
     got = _box_mean(x, 3)
-    want = np.array([[x[i:i + 3, j:j + 3].mean() for j in range(10)] for i in range(7)])
+    want = np.array([[x[i : i + 3, j : j + 3].mean() for j in range(10)] for i in range(7)])
     assert got.shape == (7, 10) and np.allclose(got, want)
 
 
@@ -62,9 +62,20 @@ def make_run(root: Path) -> pd.DataFrame:
             path = f"images/{key}.png"
             img.save(root / path)
             failed = seed == 2 and scale == 0.5
-            rows.append({"key": key, "prompt": "p", "width": 64, "height": 96, "seed": seed,
-                         "lora1_path": "a/b", "lora1_scale": scale, "status": "failed" if failed else "succeeded",
-                         "error": "boom" if failed else None, "image_path": None if failed else path})
+            rows.append(
+                {
+                    "key": key,
+                    "prompt": "p",
+                    "width": 64,
+                    "height": 96,
+                    "seed": seed,
+                    "lora1_path": "a/b",
+                    "lora1_scale": scale,
+                    "status": "failed" if failed else "succeeded",
+                    "error": "boom" if failed else None,
+                    "image_path": None if failed else path,
+                }
+            )
     df = pd.DataFrame(rows)
     df.attrs["run_dir"] = str(root)
     return df

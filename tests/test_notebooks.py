@@ -94,9 +94,30 @@ def test_lora_scale_sweep_report_from_the_command_line(tmp_path):
     out, run = tmp_path / "report", tmp_path / "run"
     # ZLAB_BASE_URL=local keeps the built-in server even with a token: the canary must reach no file.
     env = clean_env(tmp_path, ZLAB_BASE_URL="local", RUNCOMFY_TOKEN=CANARY)
-    cmd = [sys.executable, "-m", "zlab.cli", "report", "notebooks/lora_scale_sweep.ipynb", "--out", str(out),
-           "-p", "seeds", "[5, 6]", "-p", "scales", "[0, 0.75, 1.5]", "-p", "out_dir", str(run),
-           "-p", "width", "256", "-p", "height", "256"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "zlab.cli",
+        "report",
+        "notebooks/lora_scale_sweep.ipynb",
+        "--out",
+        str(out),
+        "-p",
+        "seeds",
+        "[5, 6]",
+        "-p",
+        "scales",
+        "[0, 0.75, 1.5]",
+        "-p",
+        "out_dir",
+        str(run),
+        "-p",
+        "width",
+        "256",
+        "-p",
+        "height",
+        "256",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert "warning" not in done.stderr  # e.g. no token had to be scrubbed from the report
@@ -107,14 +128,17 @@ def test_lora_scale_sweep_report_from_the_command_line(tmp_path):
     df = pd.read_parquet(run / "results.parquet")
     assert len(df) == 6 and set(df["status"]) == {"succeeded"} and not df["cached"].any()
     assert sorted(zip(df["lora1_scale"], df["seed"], strict=True)) == [
-        (s, seed) for s in (0, 0.75, 1.5) for seed in (5, 6)]
+        (s, seed) for s in (0, 0.75, 1.5) for seed in (5, 6)
+    ]
     assert set(df["width"]) == {256} and len(list((run / "images").iterdir())) == 6
 
     # The HTML embeds the contact sheet itself, pixel for pixel.
     sheet = np.asarray(Image.open(run / "sheet.png").convert("RGB")).astype(np.int16)
     html = next(out.glob("*.html")).read_text(encoding="utf-8")
-    embedded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(m))).convert("RGB")).astype(np.int16)
-                for m in _PNG_URI.findall(html)]
+    embedded = [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(m))).convert("RGB")).astype(np.int16)
+        for m in _PNG_URI.findall(html)
+    ]
     assert any(e.shape == sheet.shape and np.array_equal(e, sheet) for e in embedded)
     executed = nbformat.read(next(out.glob("*.ipynb")), as_version=4)
     curve_cell = next(c for c in executed.cells if c.cell_type == "code" and "strength_curve(" in c.source)
@@ -125,16 +149,30 @@ def test_lora_scale_sweep_report_from_the_command_line(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed: the browser check did not run")
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run",
-                    f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,4000",
-                    f"--screenshot={shot}", next(out.glob("*.html")).as_uri()],
-                   capture_output=True, timeout=60, check=False)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--window-size=1400,4000",
+            f"--screenshot={shot}",
+            next(out.glob("*.html")).as_uri(),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert shot.is_file(), "chromium wrote no screenshot"
     screen = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
     diff, top, left = find_in(screen, sheet)
     assert diff < 2, f"the contact sheet is not visible in the rendered report (best match {diff:.1f})"
-    region = screen[top:top + sheet.shape[0], left:left + sheet.shape[1]]
+    region = screen[top : top + sheet.shape[0], left : left + sheet.shape[1]]
     assert np.abs(region - sheet).mean() < 2  # the whole sheet, not just one row of it
     assert len(np.unique(region.reshape(-1, 3), axis=0)) > 1000  # a picture, not a blank or an icon
 
@@ -148,8 +186,11 @@ def test_seed_grid_runs_with_its_relative_out_dir(tmp_path, monkeypatch):
     folder = tmp_path / "notebooks"  # a copy, so the default out_dir "../runs/…" lands under tmp_path
     folder.mkdir()
     shutil.copy(NOTEBOOKS / "seed_grid.ipynb", folder)
-    rep = report(folder / "seed_grid.ipynb", {"seeds": [1, 2, 3], "width": 256, "height": 256,
-                                              "prompts": ["a fox in snow", "a fox in a city"]}, tmp_path / "out")
+    rep = report(
+        folder / "seed_grid.ipynb",
+        {"seeds": [1, 2, 3], "width": 256, "height": 256, "prompts": ["a fox in snow", "a fox in a city"]},
+        tmp_path / "out",
+    )
     assert rep.ok, rep.error
     run = tmp_path / "runs" / "seed_grid"
     df = pd.read_parquet(run / "results.parquet")
@@ -165,8 +206,11 @@ def test_size_sweep_runs_and_letterboxes(tmp_path, monkeypatch):
     for k in [k for k in os.environ if k.startswith("RUNCOMFY_") or k == "ZLAB_BASE_URL"]:
         monkeypatch.delenv(k)
     run = tmp_path / "run"
-    rep = report(NOTEBOOKS / "size_sweep.ipynb", {"sizes": ["256x256", "256x384", "384x256"], "seeds": [7],
-                                                  "out_dir": str(run)}, tmp_path / "out")
+    rep = report(
+        NOTEBOOKS / "size_sweep.ipynb",
+        {"sizes": ["256x256", "256x384", "384x256"], "seeds": [7], "out_dir": str(run)},
+        tmp_path / "out",
+    )
     assert rep.ok, rep.error
     df = pd.read_parquet(run / "results.parquet")
     assert sorted(zip(df["width"], df["height"], strict=True)) == [(256, 256), (256, 384), (384, 256)]

@@ -52,8 +52,15 @@ class Recorder(httpx.AsyncBaseTransport):
         sent = time.monotonic()
         response = await self.inner.handle_async_request(request)
         retry_after = response.headers.get("Retry-After")
-        self.log.append((sent, time.monotonic(), response.status_code, float(retry_after) if retry_after else None,
-                         request.url.path))
+        self.log.append(
+            (
+                sent,
+                time.monotonic(),
+                response.status_code,
+                float(retry_after) if retry_after else None,
+                request.url.path,
+            )
+        )
         return response
 
     async def aclose(self) -> None:
@@ -105,18 +112,32 @@ def test_expired_ids_are_reported_and_sent_again(tmp_path):
     assert (result.df.status == "failed").all() and result.df.error.str.contains("expired").all()
 
 
-_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 5000), st.floats(allow_nan=True), st.text(max_size=12),
-                    st.lists(st.integers(-3, 3), max_size=3))
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5000),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(-3, 3), max_size=3),
+)
 _spec = st.fixed_dictionaries(
     {"prompt": st.one_of(st.text(max_size=20), _values)},
     optional={
         "loras": st.one_of(_values, st.lists(st.fixed_dictionaries({"path": _values, "scale": _values}), max_size=4)),
-        "width": _values, "height": _values, "seed": _values,
-        "axes": st.one_of(_values, st.dictionaries(
-            st.sampled_from(["lora1_scale", "lora2_path", "seed", "size", "width", "prompt", "lora_scale", "x"]),
-            st.one_of(_values, st.sampled_from(["0-1 [3]", "0-9 [2]", "1-0 (+1)", "a-b", "512x512", "1x1"])),
-            max_size=3)),
-        "zip": _values, "sheet": _values, "extra": _values,
+        "width": _values,
+        "height": _values,
+        "seed": _values,
+        "axes": st.one_of(
+            _values,
+            st.dictionaries(
+                st.sampled_from(["lora1_scale", "lora2_path", "seed", "size", "width", "prompt", "lora_scale", "x"]),
+                st.one_of(_values, st.sampled_from(["0-1 [3]", "0-9 [2]", "1-0 (+1)", "a-b", "512x512", "1x1"])),
+                max_size=3,
+            ),
+        ),
+        "zip": _values,
+        "sheet": _values,
+        "extra": _values,
     },
 )
 
@@ -139,11 +160,21 @@ def test_fuzzed_sweep_files_exit_0_or_2_from_the_command(tmp_path_factory, spec)
 
 
 @settings(max_examples=60, deadline=None)
-@given(payload=st.fixed_dictionaries({"prompt": st.one_of(st.text(max_size=8), _values)},
-                                     optional={"loras": st.lists(st.fixed_dictionaries(
-                                         {"path": st.sampled_from(["a/b", "", "http://x", "https://x/l"]),
-                                          "scale": _values}), max_size=4),
-                                         "width": _values, "seed": _values}))
+@given(
+    payload=st.fixed_dictionaries(
+        {"prompt": st.one_of(st.text(max_size=8), _values)},
+        optional={
+            "loras": st.lists(
+                st.fixed_dictionaries(
+                    {"path": st.sampled_from(["a/b", "", "http://x", "https://x/l"]), "scale": _values}
+                ),
+                max_size=4,
+            ),
+            "width": _values,
+            "seed": _values,
+        },
+    )
+)
 def test_client_and_server_agree_on_what_is_valid(payload):
     try:
         Request.from_input(payload)
@@ -171,8 +202,10 @@ def test_a_canary_token_appears_nowhere(tmp_path, monkeypatch, capsys, caplog):
     forms = [canary.encode(), base64.b64encode(canary.encode()), canary[::-1].encode()]
     monkeypatch.setenv("RUNCOMFY_TOKEN", canary)
     spec = tmp_path / "spec.yaml"
-    spec.write_text('prompt: "t3chnic4lly fox"\nloras: [{path: a/b, scale: 1}]\nwidth: 256\nheight: 256\n'
-                    'axes: {lora1_scale: [0, 1], seed: [1, 2]}\nsheet: {x: lora1_scale, y: seed}\n')
+    spec.write_text(
+        'prompt: "t3chnic4lly fox"\nloras: [{path: a/b, scale: 1}]\nwidth: 256\nheight: 256\n'
+        "axes: {lora1_scale: [0, 1], seed: [1, 2]}\nsheet: {x: lora1_scale, y: seed}\n"
+    )
     with LocalServer(token=canary, latency=0.01) as srv:
         monkeypatch.setenv("ZLAB_BASE_URL", srv.base_url)
         assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0

@@ -41,10 +41,27 @@ def echoed(notebook: Path) -> dict:
 
 
 def test_param_values_are_read_as_yaml():
-    got = parse_param_pairs([("seeds", "[5, 6]"), ("prompt", "a fox"), ("scale", "0.5"), ("n", "3"),
-                             ("flag", "true"), ("empty", ""), ("odd", "a: b: c"), ("scale", "0.75")])
-    assert got == {"seeds": [5, 6], "prompt": "a fox", "scale": 0.75, "n": 3, "flag": True,
-                   "empty": "", "odd": "a: b: c"}
+    got = parse_param_pairs(
+        [
+            ("seeds", "[5, 6]"),
+            ("prompt", "a fox"),
+            ("scale", "0.5"),
+            ("n", "3"),
+            ("flag", "true"),
+            ("empty", ""),
+            ("odd", "a: b: c"),
+            ("scale", "0.75"),
+        ]
+    )
+    assert got == {
+        "seeds": [5, 6],
+        "prompt": "a fox",
+        "scale": 0.75,
+        "n": 3,
+        "flag": True,
+        "empty": "",
+        "odd": "a: b: c",
+    }
 
 
 def test_unknown_parameter_names_the_valid_ones(tmp_path):
@@ -102,8 +119,7 @@ def echo_run(tmp_path_factory):
         mp.setenv("RUNCOMFY_TOKEN", CANARY_TOKEN)
         mp.setenv("RUNCOMFY_API_KEY", CANARY_KEY)
         mp.chdir(work)
-        code = report_main(str(ECHO), [("seeds", "[5, 6]"), ("prompt", "a fox"), ("scale", "0.5")],
-                           None, False, 120)
+        code = report_main(str(ECHO), [("seeds", "[5, 6]"), ("prompt", "a fox"), ("scale", "0.5")], None, False, 120)
     dirs = list((work / "reports").iterdir())
     return {"code": code, "dirs": dirs, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
@@ -186,8 +202,11 @@ def test_deadline_stops_a_hanging_notebook(tmp_path):
 def test_falls_back_to_own_kernel_when_python3_is_another_interpreter(tmp_path, monkeypatch):
     spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
     spec_dir.mkdir(parents=True)
-    spec = {"argv": ["/nonexistent/bin/python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "someone else's python", "language": "python"}
+    spec = {
+        "argv": ["/nonexistent/bin/python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "someone else's python",
+        "language": "python",
+    }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))  # searched before every other folder
     name = kernel_for_current_python()
@@ -215,10 +234,23 @@ def screenshot(html: Path, png: Path, tmp: Path) -> None:
     browser = chromium()
     assert browser is not None
     subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp}",
-         f"--screenshot={png}", "--window-size=1200,2000", html.resolve().as_uri()],
-        check=True, capture_output=True, timeout=60,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp}",
+            f"--screenshot={png}",
+            "--window-size=1200,2000",
+            html.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
 
 

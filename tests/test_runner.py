@@ -92,9 +92,9 @@ def write_spec(path, axes='{lora1_scale: "0-1 [3]", seed: [1, 2]}', extra=""):
 @pytest.mark.parametrize(
     ("axes", "words"),
     [
-        ('{lora2_scale: [1]}', "add a LoRA #2"),
+        ("{lora2_scale: [1]}", "add a LoRA #2"),
         ('{lora1_scale: "0-9 [3]"}', "0 to 4"),
-        ('{sead: [1]}', "did you mean 'seed'"),
+        ("{sead: [1]}", "did you mean 'seed'"),
         ('{size: ["1x1"]}', "WxH"),
     ],
 )

@@ -24,8 +24,9 @@ def colour(seed: int, scale: float) -> tuple[int, int, int]:
     return (30 + 60 * SCALES.index(scale), 30 + 80 * SEEDS.index(seed), 210 - 40 * SCALES.index(scale))
 
 
-def make_run(root: Path, *, landscape_seed: int | None = None, failed: tuple[int, float] | None = None,
-             fmt: str = "png") -> pd.DataFrame:
+def make_run(
+    root: Path, *, landscape_seed: int | None = None, failed: tuple[int, float] | None = None, fmt: str = "png"
+) -> pd.DataFrame:
     """A run directory with one solid-colour image per (seed, scale) and its results.parquet."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -37,14 +38,28 @@ def make_run(root: Path, *, landscape_seed: int | None = None, failed: tuple[int
             path = None if is_failed else f"images/{key}.{fmt}"
             if path:
                 Image.new("RGB", (w, h), colour(seed, scale)).save(root / path)
-            rows.append({
-                "key": key, "prompt": "a red fox in the snow", "width": w, "height": h, "seed": seed,
-                "lora1_path": "renderartist/Technically-Color-Z-Image-Turbo", "lora1_scale": scale,
-                "lora2_path": None, "lora2_scale": np.nan, "status": "failed" if is_failed else "succeeded",
-                "error": "CUDA out of memory\nTraceback (most recent call last)" if is_failed else None,
-                "request_id": f"r-{key}", "image_path": path, "image_url": None, "queue_s": 0.5, "run_s": 1.0,
-                "cost_usd": 0.01, "base_url": "http://127.0.0.1:1",
-            })
+            rows.append(
+                {
+                    "key": key,
+                    "prompt": "a red fox in the snow",
+                    "width": w,
+                    "height": h,
+                    "seed": seed,
+                    "lora1_path": "renderartist/Technically-Color-Z-Image-Turbo",
+                    "lora1_scale": scale,
+                    "lora2_path": None,
+                    "lora2_scale": np.nan,
+                    "status": "failed" if is_failed else "succeeded",
+                    "error": "CUDA out of memory\nTraceback (most recent call last)" if is_failed else None,
+                    "request_id": f"r-{key}",
+                    "image_path": path,
+                    "image_url": None,
+                    "queue_s": 0.5,
+                    "run_s": 1.0,
+                    "cost_usd": 0.01,
+                    "base_url": "http://127.0.0.1:1",
+                }
+            )
     df = pd.DataFrame(rows)
     df.to_parquet(root / "results.parquet")
     df.attrs["run_dir"] = str(root)
@@ -87,8 +102,9 @@ def test_failed_and_missing_cells_get_placeholders(tmp_path):
     assert page.getpixel((int(missing.sheet_left) + 4, int(missing.sheet_top) + 4)) == MISSING_FILL
     assert cells["sheet_note"].isna().sum() == 10
     # the placeholder says why: its text is drawn in the tile (some pixels differ from the fill)
-    tile = np.asarray(page.crop((failed.sheet_left + 3, failed.sheet_top + 3,
-                                 failed.sheet_right - 3, failed.sheet_bottom - 3)))
+    tile = np.asarray(
+        page.crop((failed.sheet_left + 3, failed.sheet_top + 3, failed.sheet_right - 3, failed.sheet_bottom - 3))
+    )
     assert (np.abs(tile.astype(int) - FAILED_FILL).sum(axis=2) > 60).sum() > 20
 
 

@@ -27,13 +27,35 @@ def make_run(root: Path, failed: bool = True) -> pd.DataFrame:
         key = f"s{seed}x{scale}"
         path = f"images/{key} #1.png"  # a space and '#' must survive URL quoting
         Image.new("RGB", (64, 96), rgb).save(root / path)
-        rows.append({"key": key, "prompt": "a <b>bold</b> fox", "width": 64, "height": 96, "seed": seed,
-                     "lora1_path": "a/b", "lora1_scale": scale, "status": "succeeded", "error": None,
-                     "image_path": path})
+        rows.append(
+            {
+                "key": key,
+                "prompt": "a <b>bold</b> fox",
+                "width": 64,
+                "height": 96,
+                "seed": seed,
+                "lora1_path": "a/b",
+                "lora1_scale": scale,
+                "status": "succeeded",
+                "error": None,
+                "image_path": path,
+            }
+        )
     if failed:
-        rows.append({"key": "s3x0.0", "prompt": "a <b>bold</b> fox", "width": 64, "height": 96, "seed": 3,
-                     "lora1_path": "a/b", "lora1_scale": 0.0, "status": "failed", "error": "boom & bust",
-                     "image_path": None})
+        rows.append(
+            {
+                "key": "s3x0.0",
+                "prompt": "a <b>bold</b> fox",
+                "width": 64,
+                "height": 96,
+                "seed": 3,
+                "lora1_path": "a/b",
+                "lora1_scale": 0.0,
+                "status": "failed",
+                "error": "boom & bust",
+                "image_path": None,
+            }
+        )
     df = pd.DataFrame(rows)
     df.attrs["run_dir"] = str(root)
     return df
@@ -86,7 +108,7 @@ def test_html_is_self_contained_and_links_resolve(tmp_path):
         assert (out.parent / unquote(url.path)).resolve().is_file(), href
     assert doc.headers == ["lora1_scale 0", "lora1_scale 1", "seed 1", "seed 2", "seed 3"]
     text = out.read_text()
-    assert "src=\"http" not in text and "<script" not in text
+    assert 'src="http' not in text and "<script" not in text
     assert "failed: boom &amp; bust" in text  # placeholder, escaped
     assert "<b>bold</b>" not in text and "a &lt;b&gt;bold&lt;/b&gt; fox" in text
 
@@ -127,9 +149,18 @@ def test_renders_in_headless_chromium(tmp_path):
     page = sheet.to_html(tmp_path / "sheet.html")
     shot = tmp_path / "shot.png"
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=800,800",
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=800,800",
         page.as_uri(),
     ]
     subprocess.run(cmd, capture_output=True, timeout=60, check=False)

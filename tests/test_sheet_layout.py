@@ -131,8 +131,7 @@ def test_split_grid_respects_max_side_and_balances_pages():
 
 
 def test_split_grid_respects_max_pixels():
-    pages = split_grid(8, 8, cell_w=256, cell_h=384, gap=4, chrome_w=100, chrome_h=lambda w: 200,
-                       max_pixels=2_000_000)
+    pages = split_grid(8, 8, cell_w=256, cell_h=384, gap=4, chrome_w=100, chrome_h=lambda w: 200, max_pixels=2_000_000)
     width = 100 + span(8, 256, 4)
     assert len(pages) == 8 and all(len(r) == 1 and len(c) == 8 for r, c in pages)
     assert width * (200 + 384) <= 2_000_000 < width * (200 + span(2, 384, 4))
@@ -177,8 +176,7 @@ def test_plan_pages_moves_too_long_labels_to_a_legend():
 def test_plan_pages_pages_within_limits():
     style = style_for(64)
     text = SheetText("t", "s", tuple(f"x {i}" for i in range(30)), tuple(f"y {i}" for i in range(30)), "f")
-    pages = plan_pages(text, aspect=1.5, n_stack=1, style=style, measure=mono, max_side=1000,
-                       max_pixels=600_000)
+    pages = plan_pages(text, aspect=1.5, n_stack=1, style=style, measure=mono, max_side=1000, max_pixels=600_000)
     assert len(pages) > 1
     assert all(p.width <= 1000 and p.height <= 1000 and p.width * p.height <= 600_000 for p in pages)
     placed = [(c.row, c.col) for p in pages for c in p.cells]
@@ -201,10 +199,24 @@ def test_plan_pages_stacked_slots():
 
 def results(**overrides) -> pd.DataFrame:
     rows = [
-        {"key": f"k{s}{i}", "prompt": "p", "width": 64, "height": 96, "seed": s, "lora1_path": "a/b",
-         "lora1_scale": sc, "lora2_path": None, "lora2_scale": np.nan, "status": "succeeded",
-         "error": None, "image_path": f"images/k{s}{i}.png", "run_s": 1.0 + i, "cost_usd": 0.01}
-        for s in (2, 1) for i, sc in enumerate((1.0, 0.0, 0.5))
+        {
+            "key": f"k{s}{i}",
+            "prompt": "p",
+            "width": 64,
+            "height": 96,
+            "seed": s,
+            "lora1_path": "a/b",
+            "lora1_scale": sc,
+            "lora2_path": None,
+            "lora2_scale": np.nan,
+            "status": "succeeded",
+            "error": None,
+            "image_path": f"images/k{s}{i}.png",
+            "run_s": 1.0 + i,
+            "cost_usd": 0.01,
+        }
+        for s in (2, 1)
+        for i, sc in enumerate((1.0, 0.0, 0.5))
     ]
     df = pd.DataFrame(rows)
     for k, v in overrides.items():
@@ -214,7 +226,15 @@ def results(**overrides) -> pd.DataFrame:
 
 def test_parameter_columns_skip_bookkeeping():
     assert parameter_columns(results(size="64x96")) == [
-        "prompt", "width", "height", "seed", "lora1_path", "lora1_scale", "lora2_path", "lora2_scale", "size"
+        "prompt",
+        "width",
+        "height",
+        "seed",
+        "lora1_path",
+        "lora1_scale",
+        "lora2_path",
+        "lora2_scale",
+        "size",
     ]
 
 
@@ -226,8 +246,10 @@ def test_axes_sort_numbers_and_put_missing_last():
 def test_assign_places_each_row_once():
     grid = assign(results(), "lora1_scale", "seed")
     assert grid.x.values == (0.0, 0.5, 1.0) and grid.y.values == (1, 2)
-    pos = {k: (r, c) for k, r, c in zip(grid.placed["key"], grid.placed["sheet_row"], grid.placed["sheet_col"],
-                                        strict=True)}
+    pos = {
+        k: (r, c)
+        for k, r, c in zip(grid.placed["key"], grid.placed["sheet_row"], grid.placed["sheet_col"], strict=True)
+    }
     assert pos["k10"] == (0, 2) and pos["k21"] == (1, 0)
     assert grid.n_stack == 1 and len(grid.placed) == 6
 

@@ -69,8 +69,11 @@ def test_size_axis_sets_width_and_height_and_is_a_column():
 
 def test_zipped_axes_move_together():
     base = BASE.replace(loras=[LoRA("a/b", 1), LoRA("c/d", 1)])
-    sweep = Sweep(base, axes={"lora1_scale": [0, 1], "lora2_scale": [1, 0], "seed": [1, 2]},
-                  zipped=[["lora1_scale", "lora2_scale"]])
+    sweep = Sweep(
+        base,
+        axes={"lora1_scale": [0, 1], "lora2_scale": [1, 0], "seed": [1, 2]},
+        zipped=[["lora1_scale", "lora2_scale"]],
+    )
     plan = sweep.plan()
     assert len(plan) == 4 and set(zip(plan.lora1_scale, plan.lora2_scale, strict=True)) == {(0, 1), (1, 0)}
 

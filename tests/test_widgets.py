@@ -52,10 +52,18 @@ def png_size(data: bytes | memoryview) -> tuple[int, int]:
 # ---------------------------------------------------------------- the builder's pure layer
 
 
-@pytest.mark.parametrize(("text", "seeds"), [
-    ("1, 2, 3", [1, 2, 3]), ("1 2 3", [1, 2, 3]), ("1-4", [1, 2, 3, 4]), ("0-100 [3]", [0, 50, 100]),
-    ("7, 10-12", [7, 10, 11, 12]), ("-1", [-1]), ("0-4 (+2), 9", [0, 2, 4, 9]),
-])
+@pytest.mark.parametrize(
+    ("text", "seeds"),
+    [
+        ("1, 2, 3", [1, 2, 3]),
+        ("1 2 3", [1, 2, 3]),
+        ("1-4", [1, 2, 3, 4]),
+        ("0-100 [3]", [0, 50, 100]),
+        ("7, 10-12", [7, 10, 11, 12]),
+        ("-1", [-1]),
+        ("0-4 (+2), 9", [0, 2, 4, 9]),
+    ],
+)
 def test_seed_text_forms(text, seeds):
     assert parse_seeds(text) == seeds
 
@@ -77,8 +85,9 @@ def test_sizes_and_scale_rows():
 
 
 def test_only_varying_values_become_axes_and_used_rows_are_renumbered():
-    form = Form("a fox", (LoraRow(""), LoraRow("o/one", 0.5, 0.5, 1), LoraRow("o/two", 0, 2, 3)),
-                seeds="9", sizes="512x768")
+    form = Form(
+        "a fox", (LoraRow(""), LoraRow("o/one", 0.5, 0.5, 1), LoraRow("o/two", 0, 2, 3)), seeds="9", sizes="512x768"
+    )
     sweep = build_sweep(form)
     assert list(sweep.axes) == ["lora2_scale"]  # the empty first row is skipped: "o/two" is LoRA #2
     assert [(lo.path, lo.scale) for lo in sweep.base.loras] == [("o/one", 0.5), ("o/two", 0.0)]
@@ -181,8 +190,12 @@ def test_gallery_defaults_pages_and_detail(run_dir):
     assert gallery.page_slider.max == 1 and not gallery.page_slider.disabled
     assert gallery.page_label.value == "page 1 of 2 · size 256x256"
     labels = [label for label, _ in gallery.cells.options]
-    assert labels == ["size 256x256 · seed 3 · lora1_scale 0", "size 256x256 · seed 3 · lora1_scale 1",
-                      "size 256x256 · seed 4 · lora1_scale 0", "size 256x256 · seed 4 · lora1_scale 1"]
+    assert labels == [
+        "size 256x256 · seed 3 · lora1_scale 0",
+        "size 256x256 · seed 3 · lora1_scale 1",
+        "size 256x256 · seed 4 · lora1_scale 0",
+        "size 256x256 · seed 4 · lora1_scale 1",
+    ]
     assert gallery.cells.value == gallery.cells.options[0][1]
     first_sheet = gallery.sheet_image.value
 

@@ -43,14 +43,14 @@ __all__ = ["LoRA", "Request", "ZlabError", *sorted(_LAZY)]
 
 if TYPE_CHECKING:
     from zlab.client import AsyncClient, Client
+    from zlab.display import thumbnail_table
     from zlab.jobs import Generation, Job
     from zlab.report import Report, report
     from zlab.runner import RunResult
     from zlab.server import Faults, LocalServer
-    from zlab.display import thumbnail_table
     from zlab.sheet import ContactSheet, StrengthCurve, contact_sheet, read_sheet, strength_curve
-    from zlab.widgets import Gallery, SweepBuilder
     from zlab.sweep import Sweep
+    from zlab.widgets import Gallery, SweepBuilder
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ seconds to clean up (e.g. cancel queued jobs, record state), then re-raises Keyb
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -54,8 +54,6 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return future.result()
     except KeyboardInterrupt:
         future.cancel()  # cancels the task on the loop: the runner cancels queued jobs and records state
-        try:
+        with contextlib.suppress(Exception):  # cancelled, timed out or failed: the interrupt wins either way
             future.result(timeout=CLEANUP_S)
-        except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError, Exception):
-            pass
         raise

@@ -116,6 +116,7 @@ class API:
             attempt += 1
             self.calls[name] += 1
             fault: Fault | None
+            failure: errors.ZlabError
             retry_after: float | None = None
             try:
                 response = await self._http.request(method, url, json=json_body, headers=headers)
@@ -155,7 +156,13 @@ class API:
 
 def _fault_of(status_code: int, error: errors.APIError) -> Fault | None:
     """Which passing fault an error answer is, or None when retrying cannot help (auth, balance, input)."""
-    by_code: dict[int, Fault] = {429: "rate_limited", 500: "server_error", 503: "unavailable", 502: "gateway", 504: "gateway"}
+    by_code: dict[int, Fault] = {
+        429: "rate_limited",
+        500: "server_error",
+        503: "unavailable",
+        502: "gateway",
+        504: "gateway",
+    }
     if status_code in by_code:
         return by_code[status_code]
     # An `error_code` body with HTTP 200: the service answered and did not do the work; retry unless

@@ -18,8 +18,13 @@ from zlab.errors import ValidationError
 from zlab.request import MAX_LORAS, SEED_RANGE, SIZE_RANGE, check_int, check_path, check_scale
 
 LORA_AXIS = re.compile(r"^lora([1-9])_(scale|path)$")
-AXIS_NAMES = ("prompt", "seed", "size", "width", "height") + tuple(
-    f"lora{i}_{part}" for i in range(1, MAX_LORAS + 1) for part in ("scale", "path")
+AXIS_NAMES = (
+    "prompt",
+    "seed",
+    "size",
+    "width",
+    "height",
+    *(f"lora{i}_{part}" for i in range(1, MAX_LORAS + 1) for part in ("scale", "path")),
 )
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _RANGE = re.compile(
@@ -44,7 +49,9 @@ def check_axis_name(name: Any, lora_count: int) -> None:
             raise ValidationError("axes", name, f"lora1_… to lora{MAX_LORAS}_… (the model takes {MAX_LORAS} LoRAs)")
         have = f"{lora_count} LoRA" + ("" if lora_count == 1 else "s")
         raise ValidationError(
-            name, f"LoRA #{index}", f"an axis on the base request's {have} (loraN_… with N ≤ {lora_count})",
+            name,
+            f"LoRA #{index}",
+            f"an axis on the base request's {have} (loraN_… with N ≤ {lora_count})",
             f"add a LoRA #{index} under 'loras:' to sweep it",
         )
 
@@ -127,4 +134,3 @@ def check_value(name: str, value: Any) -> Any:
             raise ValidationError(name, value, "a non-empty string")
         return value
     raise ValidationError("axes", name, "one of " + ", ".join(AXIS_NAMES))
-

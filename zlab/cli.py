@@ -28,8 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, default=8, help="jobs in flight at once (default 8)")
     run.add_argument("--budget", type=float, help="refuse to start if the estimate exceeds this many USD")
     run.add_argument("--dry-run", action="store_true", help="print the plan and send nothing")
-    run.add_argument("--retry-unknown", action="store_true",
-                     help="resend cells whose earlier submit had an unknown outcome (they may be paid twice)")
+    run.add_argument(
+        "--retry-unknown",
+        action="store_true",
+        help="resend cells whose earlier submit had an unknown outcome (they may be paid twice)",
+    )
     run.add_argument("--no-cache", action="store_true", help="do not reuse images from other run directories")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line remains)")
 
@@ -44,8 +47,15 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="run a notebook with papermill and render it to HTML")
     report.add_argument("notebook")
-    report.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="a parameter (VALUE parsed as YAML: -p seeds '[5, 6]')")
+    report.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a parameter (VALUE parsed as YAML: -p seeds '[5, 6]')",
+    )
     report.add_argument("--out", help="output directory (default reports/<name>-<time>)")
     report.add_argument("--hide-code", action="store_true", help="leave code cells out of the HTML")
     report.add_argument("--timeout", type=float, default=1800.0, help="seconds the whole notebook may take")
@@ -60,8 +70,13 @@ def _parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="generate one image to a file")
     generate.add_argument("prompt")
-    generate.add_argument("--lora", action="append", default=[], metavar="PATH:SCALE",
-                          help="a LoRA and its scale (repeat up to 3 times); default: the schema's default LoRA")
+    generate.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH:SCALE",
+        help="a LoRA and its scale (repeat up to 3 times); default: the schema's default LoRA",
+    )
     generate.add_argument("--no-lora", action="store_true", help="send no LoRA at all")
     generate.add_argument("--width", type=int, default=1024)
     generate.add_argument("--height", type=int, default=1536)
@@ -92,8 +107,13 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with AsyncClient() as client:
             result = await client.run(
-                sweep, out, concurrency=args.concurrency, budget=args.budget, dry_run=args.dry_run,
-                retry_unknown=args.retry_unknown, cache=not args.no_cache,
+                sweep,
+                out,
+                concurrency=args.concurrency,
+                budget=args.budget,
+                dry_run=args.dry_run,
+                retry_unknown=args.retry_unknown,
+                cache=not args.no_cache,
                 progress=not args.no_progress and sys.stderr.isatty(),
             )
         return 0 if args.dry_run or result.ok else 1
@@ -104,8 +124,9 @@ def _run(args: argparse.Namespace) -> int:
 def _sheet(args: argparse.Namespace) -> int:
     from zlab.sheet import sheet_from_run_dir
 
-    paths = sheet_from_run_dir(args.dir, x=args.x, y=args.y, page=args.page, out=args.out, html=args.html,
-                               cell_width=args.cell_width)
+    paths = sheet_from_run_dir(
+        args.dir, x=args.x, y=args.y, page=args.page, out=args.out, html=args.html, cell_width=args.cell_width
+    )
     for path in paths:
         print(path)
     return 0
@@ -120,8 +141,14 @@ def _report(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from zlab.server import serve
 
-    serve(host=args.host, port=args.port, token=args.token or None, latency=args.latency, capacity=args.capacity,
-          expire_after=args.expire_after)
+    serve(
+        host=args.host,
+        port=args.port,
+        token=args.token or None,
+        latency=args.latency,
+        capacity=args.capacity,
+        expire_after=args.expire_after,
+    )
     return 0
 
 

@@ -126,12 +126,17 @@ class AsyncClient:
         request = job.request
         expected = (request.width, request.height) if isinstance(request, Request) else None
         image = decode_image(data, expected_size=expected, url=url)
-        span = (outcome.finished_at - outcome.created_at).total_seconds() if outcome.created_at and outcome.finished_at else None
+        span = (
+            (outcome.finished_at - outcome.created_at).total_seconds()
+            if outcome.created_at and outcome.finished_at
+            else None
+        )
         track = job._track
         queue_s = max(0.0, track.started - track.submitted) if track.started is not None else 0.0
         run_s = None if span is None else max(0.0, span - queue_s)
-        return Generation(request or {}, job.request_id, url, data, image, outcome.created_at, outcome.finished_at,
-                          queue_s, run_s)
+        return Generation(
+            request or {}, job.request_id, url, data, image, outcome.created_at, outcome.finished_at, queue_s, run_s
+        )
 
     async def run(self, sweep: Sweep, out: str | Path, **options: Any) -> RunResult:
         """Run a sweep into a run directory (resumable); see `zlab.runner.run_sweep` for options."""

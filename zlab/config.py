@@ -75,7 +75,9 @@ def resolve_settings(
         return Settings(base_url=None, token=secret, price_per_mp=price)
     url = (url or RUNCOMFY_BASE_URL).rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"base URL {url!r} must start with http:// or https:// (or be 'local' for the built-in server)")
+        raise ConfigError(
+            f"base URL {url!r} must start with http:// or https:// (or be 'local' for the built-in server)"
+        )
     if secret is None and url == RUNCOMFY_BASE_URL:  # other servers (a LocalServer elsewhere) may need none
         raise ConfigError(
             f"no API token for {url}: set RUNCOMFY_TOKEN (or RUNCOMFY_API_KEY), "

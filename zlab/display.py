@@ -75,8 +75,12 @@ def _cell(column: str, value: object) -> str:
 
 
 def thumbnail_table(
-    df: pd.DataFrame, root: str | os.PathLike[str] | None = None, width: int = 96, *,
-    columns: Sequence[str] | None = None, max_rows: int = MAX_ROWS,
+    df: pd.DataFrame,
+    root: str | os.PathLike[str] | None = None,
+    width: int = 96,
+    *,
+    columns: Sequence[str] | None = None,
+    max_rows: int = MAX_ROWS,
 ) -> ThumbnailTable:
     """One row per result: a `width`-px thumbnail, then `columns` (default: the varying parameters,
     status, run time and key). Images are read relative to `root` (default ``df.attrs["run_dir"]``);
@@ -105,8 +109,8 @@ def thumbnail_table(
             image = f"<img src='{data_uri(tile)}' width='{tile.width}' height='{tile.height}' alt='{alt}'>"
         cells = "".join(f"<td>{_cell(c, row[c])}</td>" for c in columns)
         body.append(f"<tr><td>{image}</td>{cells}</tr>")
-    more = (f"<p>showing the first {len(shown)} of {len(df)} rows (max_rows={max_rows})</p>"
-            if len(df) > len(shown) else "")
-    table = (f"<table class='zlab-thumbs'><thead><tr>{head}</tr></thead>"
-             f"<tbody>{''.join(body)}</tbody></table>{more}")
+    more = (
+        f"<p>showing the first {len(shown)} of {len(df)} rows (max_rows={max_rows})</p>" if len(df) > len(shown) else ""
+    )
+    table = f"<table class='zlab-thumbs'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
     return ThumbnailTable(table, len(df), len(shown))

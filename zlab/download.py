@@ -45,7 +45,8 @@ async def fetch(
                 if response.status_code != 200:
                     raise DownloadError(
                         f"output file answered HTTP {response.status_code}: {url}",
-                        url=url, transient=response.status_code in _RETRYABLE or response.status_code == 404,
+                        url=url,
+                        transient=response.status_code in _RETRYABLE or response.status_code == 404,
                     )
                 declared = response.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:

@@ -116,8 +116,12 @@ def scale_values(row: LoraRow, index: int = 1) -> list[float | int]:
         raise ValidationError(f"lora{index} steps", row.steps, f"an integer from 1 to {MAX_STEPS}")
     if row.steps == 1:
         if row.start != row.end:
-            raise ValidationError(f"lora{index} steps", 1, "2 or more steps to go from start to end",
-                                  f"or set end = start ({row.start:g})")
+            raise ValidationError(
+                f"lora{index} steps",
+                1,
+                "2 or more steps to go from start to end",
+                f"or set end = start ({row.start:g})",
+            )
         return axis_values(name, [row.start])
     if row.end <= row.start:
         raise ValidationError(name, f"{row.start:g} to {row.end:g}", "an end above the start when steps > 1")

@@ -46,8 +46,12 @@ def open_results(source: Any) -> tuple[pd.DataFrame, Path | None]:
         path = Path(source)
         parquet = path if path.suffix == ".parquet" else path / "results.parquet"
         if not parquet.is_file():
-            raise ValidationError("run_dir", str(path), "a run directory containing results.parquet",
-                                  "run a sweep into it first (client.run(sweep, out=...) or `zlab run`)")
+            raise ValidationError(
+                "run_dir",
+                str(path),
+                "a run directory containing results.parquet",
+                "run a sweep into it first (client.run(sweep, out=...) or `zlab run`)",
+            )
         # The run directory is where the file is now, not where it was written (it may have moved).
         return pd.read_parquet(parquet), parquet.parent
     raise ValidationError("source", type(source).__name__, "a run directory, a RunResult or a results DataFrame")
@@ -109,8 +113,9 @@ def highlighted(page: Image.Image, box: tuple[int, int, int, int], width: int = 
     """A copy of `page` with an outline around `box`, so the selected cell is visible on the sheet."""
     out = page.copy()
     left, top, right, bottom = box
-    ImageDraw.Draw(out).rectangle((left - width, top - width, right + width - 1, bottom + width - 1),
-                                  outline=HIGHLIGHT, width=width)
+    ImageDraw.Draw(out).rectangle(
+        (left - width, top - width, right + width - 1, bottom + width - 1), outline=HIGHLIGHT, width=width
+    )
     return out
 
 
@@ -263,11 +268,14 @@ class GalleryModel:
             sheet = contact_sheet(self.df, self.x, self.y, self.page, root=self.root, cell_width=self.cell_width)
         except VaryingColumnsError as exc:
             # Show every image anyway (side by side in its cell) and say which columns to move to an axis.
-            sheet = contact_sheet(self.df, self.x, self.y, self.page, root=self.root, cell_width=self.cell_width,
-                                  stack=True)
+            sheet = contact_sheet(
+                self.df, self.x, self.y, self.page, root=self.root, cell_width=self.cell_width, stack=True
+            )
             cols, one = ", ".join(exc.columns), len(exc.columns) == 1
-            self.note = (f"stacked: {cols} {'varies' if one else 'vary'} inside a cell too; "
-                         f"put {'it' if one else 'them'} on y or page to give each image its own cell")
+            self.note = (
+                f"stacked: {cols} {'varies' if one else 'vary'} inside a cell too; "
+                f"put {'it' if one else 'them'} on y or page to give each image its own cell"
+            )
         self.sheet = sheet
         self.set_page(0)
 

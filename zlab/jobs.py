@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import time
@@ -36,11 +37,8 @@ class Signal:
     async def sleep_until(self, at: float) -> None:
         delay = at - time.monotonic()
         if delay > 0:
-            event = self._event
-            try:
-                await asyncio.wait_for(event.wait(), delay)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), delay)
 
 
 async def follow(
@@ -63,7 +61,9 @@ async def follow(
         if at > deadline:
             await signal.sleep_until(deadline)
             if time.monotonic() >= deadline:
-                raise errors.WaitTimeout(f"request {request_id} had not finished by its deadline", request_id=request_id)
+                raise errors.WaitTimeout(
+                    f"request {request_id} had not finished by its deadline", request_id=request_id
+                )
             continue
         if at > now:
             await signal.sleep_until(at)
@@ -167,8 +167,9 @@ class Job:
         deadline = time.monotonic() + timeout
         outcome = await follow(self._client.api, self.request_id, self._track, self._client.pacer, deadline=deadline)
         if outcome.phase == "failed":
-            raise errors.JobFailed(f"request {self.request_id} failed: {outcome.error!r}", request_id=self.request_id,
-                                   detail=outcome.error)
+            raise errors.JobFailed(
+                f"request {self.request_id} failed: {outcome.error!r}", request_id=self.request_id, detail=outcome.error
+            )
         if outcome.phase == "cancelled":
             raise errors.JobCancelled(f"request {self.request_id} was cancelled", request_id=self.request_id)
         return outcome

@@ -74,10 +74,15 @@ class Report:
 
     def _repr_html_(self) -> str:
         status = "ok" if self.ok else f"failed: {html.escape(self.error or '')}"
-        links = [f'<a href="{_href(p)}" target="_blank">{html.escape(p.name)}</a>'
-                 for p in (self.html, self.notebook) if p is not None]
-        return (f"<div><b>zlab report</b> ({status})<br>{' · '.join(links)}"
-                f"<br><code>{html.escape(str(self.out_dir))}</code></div>")
+        links = [
+            f'<a href="{_href(p)}" target="_blank">{html.escape(p.name)}</a>'
+            for p in (self.html, self.notebook)
+            if p is not None
+        ]
+        return (
+            f"<div><b>zlab report</b> ({status})<br>{' · '.join(links)}"
+            f"<br><code>{html.escape(str(self.out_dir))}</code></div>"
+        )
 
 
 def _href(path: Path) -> str:
@@ -124,14 +129,20 @@ def check_parameters(parameters: Mapping[str, Any], declared: Mapping[str, Any] 
     for name, value in parameters.items():
         if _SECRET_NAME.search(name):
             raise ValidationError(
-                name, MASK, "no secrets as notebook parameters",
+                name,
+                MASK,
+                "no secrets as notebook parameters",
                 "Papermill writes parameters into the executed notebook; set RUNCOMFY_TOKEN in the "
-                "environment instead (the notebook's kernel inherits it).")
+                "environment instead (the notebook's kernel inherits it).",
+            )
         if declared is None:
             raise ValidationError(
-                name, _redact(value, secrets), "no parameters: the notebook has no cell tagged 'parameters'",
+                name,
+                _redact(value, secrets),
+                "no parameters: the notebook has no cell tagged 'parameters'",
                 "Tag the cell that sets the defaults with 'parameters' (Jupyter: Property Inspector → "
-                "Cell Tags), or run it without -p.")
+                "Cell Tags), or run it without -p.",
+            )
         if name not in declared:
             valid = ", ".join(sorted(declared)) or "(none: its parameters cell assigns nothing)"
             raise ValidationError(name, _redact(value, secrets), f"one of the notebook's parameters: {valid}")
@@ -227,16 +238,21 @@ def report(
     try:
         yaml.safe_dump(params)
     except yaml.YAMLError as exc:
-        raise ValidationError("parameters", "…", "plain values (str, number, bool, None, lists, dicts)",
-                              str(exc).splitlines()[0]) from None
+        raise ValidationError(
+            "parameters", "…", "plain values (str, number, bool, None, lists, dicts)", str(exc).splitlines()[0]
+        ) from None
     if cwd is not None and not Path(cwd).is_dir():
         raise ValidationError("cwd", str(cwd), "an existing folder")
     out_dir = Path(out) if out is not None else _default_out_dir(src)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_nb, out_html = out_dir / f"{src.stem}.ipynb", out_dir / f"{src.stem}.html"
     if out_nb.resolve() == src.resolve():
-        raise ValidationError("out", str(out), "a folder other than the notebook's own",
-                              "The executed notebook would overwrite the source.")
+        raise ValidationError(
+            "out",
+            str(out),
+            "a folder other than the notebook's own",
+            "The executed notebook would overwrite the source.",
+        )
     out_nb.unlink(missing_ok=True)
     out_html.unlink(missing_ok=True)
 
@@ -257,12 +273,21 @@ def report(
     if scrubbed:
         warnings.warn(
             f"a RunComfy token appeared in the report in {out_dir} and was replaced by {MASK}; "
-            "don't print or display secrets in notebooks", stacklevel=2)
+            "don't print or display secrets in notebooks",
+            stacklevel=2,
+        )
     if error is not None:
         error = _scrub_text(error, secrets)
     shown = {name: _redact(value, secrets) for name, value in params.items()}  # reprs show no token
-    return Report(notebook=out_nb, html=rendered, out_dir=out_dir, parameters=shown,
-                  ok=error is None, error=error, scrubbed=scrubbed)
+    return Report(
+        notebook=out_nb,
+        html=rendered,
+        out_dir=out_dir,
+        parameters=shown,
+        ok=error is None,
+        error=error,
+        scrubbed=scrubbed,
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -298,15 +323,21 @@ def _run_child(job: dict[str, Any], timeout: float) -> dict[str, Any] | None:
     # PYDEVD_…: quiets a debugger warning per kernel. ZLAB_REPORT: progress widgets render blank in HTML,
     # so sweeps run inside a report show only their summary line.
     env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1", "ZLAB_REPORT": "1"}
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        start_new_session=True,
+    )
     payload = yaml.safe_dump(job)
     try:
         stdout, stderr = proc.communicate(payload, timeout=timeout)
     except subprocess.TimeoutExpired:
         _stop(proc)
-        return {"ename": "Timeout", "evalue": f"the notebook did not finish within {timeout:g} s",
-                "timed_out": True}
+        return {"ename": "Timeout", "evalue": f"the notebook did not finish within {timeout:g} s", "timed_out": True}
     except BaseException:  # Ctrl-C here: stop the kernel too, then let it propagate
         _stop(proc)
         raise
@@ -314,7 +345,7 @@ def _run_child(job: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         return None
     for line in reversed(stdout.splitlines()):
         if line.startswith(_RESULT_PREFIX):
-            result: dict[str, Any] = json.loads(line[len(_RESULT_PREFIX):])
+            result: dict[str, Any] = json.loads(line[len(_RESULT_PREFIX) :])
             return result
     tail = "\n".join(stderr.strip().splitlines()[-5:])
     return {"ename": "ChildError", "evalue": f"papermill exited with status {proc.returncode}: {tail}"}
@@ -337,14 +368,23 @@ def _child_main() -> None:
     job = yaml.safe_load(sys.stdin.read())
     try:
         papermill.execute_notebook(
-            job["input"], job["output"], parameters=job["parameters"] or None,
-            kernel_name=job["kernel_name"], language="python", cwd=job["cwd"], progress_bar=False,
-            execution_timeout=job["execution_timeout"], start_timeout=min(60, job["execution_timeout"]),
+            job["input"],
+            job["output"],
+            parameters=job["parameters"] or None,
+            kernel_name=job["kernel_name"],
+            language="python",
+            cwd=job["cwd"],
+            progress_bar=False,
+            execution_timeout=job["execution_timeout"],
+            start_timeout=min(60, job["execution_timeout"]),
         )
     except BaseException as exc:  # KeyboardInterrupt at the deadline too
-        info = {"ename": getattr(exc, "ename", type(exc).__name__),
-                "evalue": str(getattr(exc, "evalue", exc)), "cell_index": getattr(exc, "cell_index", None),
-                "timed_out": type(exc).__name__ in ("CellTimeoutError", "KeyboardInterrupt")}
+        info = {
+            "ename": getattr(exc, "ename", type(exc).__name__),
+            "evalue": str(getattr(exc, "evalue", exc)),
+            "cell_index": getattr(exc, "cell_index", None),
+            "timed_out": type(exc).__name__ in ("CellTimeoutError", "KeyboardInterrupt"),
+        }
         print(_RESULT_PREFIX + json.dumps(info), flush=True)
         sys.exit(1)
 
@@ -364,8 +404,7 @@ def _failed_cell(out_nb: Path, timed_out: bool) -> tuple[int, str] | None:
 
     nb = nbformat.read(str(out_nb), as_version=4)
     # count cells as the user sees them: without papermill's injected parameters and error markers
-    cells = [c for c in nb.cells
-             if not {"injected-parameters", _ERROR_MARKER_TAG} & set(c.metadata.get("tags", []))]
+    cells = [c for c in nb.cells if not {"injected-parameters", _ERROR_MARKER_TAG} & set(c.metadata.get("tags", []))]
     for index, cell in enumerate(cells):
         if cell.cell_type != "code":
             continue
@@ -390,10 +429,12 @@ def _render_html(out_nb: Path, out_html: Path, hide_code: bool) -> Path | None:
 
     try:
         nb = nbformat.read(str(out_nb), as_version=4)
-        exporter = HTMLExporter(exclude_input=hide_code, exclude_input_prompt=hide_code,
-                                exclude_output_prompt=hide_code, embed_images=True)
+        exporter = HTMLExporter(
+            exclude_input=hide_code, exclude_input_prompt=hide_code, exclude_output_prompt=hide_code, embed_images=True
+        )
         body, _ = exporter.from_notebook_node(
-            nb, resources={"metadata": {"name": out_nb.stem, "path": str(out_nb.parent)}})
+            nb, resources={"metadata": {"name": out_nb.stem, "path": str(out_nb.parent)}}
+        )
     except Exception as exc:  # a failed run still keeps its .ipynb; the HTML is a bonus there
         warnings.warn(f"could not render {out_nb} to HTML: {exc}", stacklevel=3)
         return None
@@ -460,8 +501,7 @@ def report_main(
     took = time.monotonic() - started
     if not rep.ok:
         print(f"zlab report: {notebook} failed: {rep.error}", file=sys.stderr)
-        print(f"  executed notebook: {rep.notebook}" + (f"\n  html: {rep.html}" if rep.html else ""),
-              file=sys.stderr)
+        print(f"  executed notebook: {rep.notebook}" + (f"\n  html: {rep.html}" if rep.html else ""), file=sys.stderr)
         return 1
     print(f"zlab report: {notebook} ran in {took:.1f} s")
     print(f"  html: {rep.html}\n  executed notebook: {rep.notebook}")

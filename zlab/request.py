@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from zlab.errors import ValidationError
@@ -106,7 +106,7 @@ class Request:
     """
 
     prompt: str
-    loras: tuple[LoRA, ...] = DEFAULT_LORAS
+    loras: Sequence[LoRA] = DEFAULT_LORAS  # also accepts {"path", "scale"} dicts or pairs; stored as a tuple
     width: int = 1024
     height: int = 1536
     seed: int = -1

@@ -58,11 +58,15 @@ class RunResult:
         tallies = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
         calls = sum(self.calls.values())
         stop = " (interrupted: rerun to resume)" if self.interrupted else ""
-        line = (f"zlab: {len(self.df)} cells: {tallies} in {self.elapsed_s:.1f} s, {calls} API calls, "
-                f"≈${self.estimate.cost_usd:.2f} estimated; results in {self.out}{stop}")
+        line = (
+            f"zlab: {len(self.df)} cells: {tallies} in {self.elapsed_s:.1f} s, {calls} API calls, "
+            f"≈${self.estimate.cost_usd:.2f} estimated; results in {self.out}{stop}"
+        )
         if unknown := self.counts.get("unknown"):
-            line += (f"\nzlab: {unknown} cell(s) have an unknown submit outcome (they may have been billed): "
-                     "rerun with --retry-unknown (retry_unknown=True) to send them again")
+            line += (
+                f"\nzlab: {unknown} cell(s) have an unknown submit outcome (they may have been billed): "
+                "rerun with --retry-unknown (retry_unknown=True) to send them again"
+            )
         return line
 
     def __repr__(self) -> str:
@@ -146,17 +150,27 @@ async def run_sweep(
         todo = [c for c in cells if not _finished(run, rows[c.key])]
         to_pay = [c for c in todo if rows[c.key]["status"] in OPEN_STATES]
         estimate = sweep.estimate(concurrency, price_per_mp=price, seconds_per_image=seconds, cells=to_pay)
-        say(f"zlab: plan: {len(cells)} cells, {len(cells) - len(todo)} already done, "
-            f"{len(todo) - len(to_pay)} to collect, to send: {estimate}")
+        say(
+            f"zlab: plan: {len(cells)} cells, {len(cells) - len(todo)} already done, "
+            f"{len(todo) - len(to_pay)} to collect, to send: {estimate}"
+        )
         if budget is not None and estimate.cost_usd > budget:
             raise errors.BudgetExceeded(
                 f"the sweep is estimated at ${estimate.cost_usd:.2f} for {len(to_pay)} new images, over the "
                 f"budget of ${budget:.2f}: shrink the sweep or raise --budget",
-                estimate_usd=estimate.cost_usd, budget_usd=budget,
+                estimate_usd=estimate.cost_usd,
+                budget_usd=budget,
             )
         calls_before = collections.Counter(client.api.calls)
-        state = _RunState(client, run, sweep, concurrency, cell_timeout, _open_cache(client, cache),
-                          _Progress(len(cells), len(cells) - len(todo), progress))
+        state = _RunState(
+            client,
+            run,
+            sweep,
+            concurrency,
+            cell_timeout,
+            _open_cache(client, cache),
+            _Progress(len(cells), len(cells) - len(todo), progress),
+        )
         waiting = {c.key for c in todo}
         for cell in cells:
             status = rows[cell.key]["status"]
@@ -192,8 +206,10 @@ async def run_sweep(
 
 def _reuse_seed_draws(run: RunDir, sweep: Sweep) -> Sweep:
     stored = run.read_spec()
-    if stored and stored.get("fingerprint") == sweep.fingerprint and len(stored.get("seed_draws", [])) == len(
-        sweep.seed_draws
+    if (
+        stored
+        and stored.get("fingerprint") == sweep.fingerprint
+        and len(stored.get("seed_draws", [])) == len(sweep.seed_draws)
     ):
         return sweep.with_seed_draws(stored["seed_draws"])
     return sweep
@@ -227,8 +243,16 @@ def _draw_sheet(run: RunDir, df: pd.DataFrame, spec: dict[str, Any], say: Callab
 class _RunState:
     """The moving parts of one run (kept together so each step stays short)."""
 
-    def __init__(self, client: AsyncClient, run: RunDir, sweep: Sweep, concurrency: int, cell_timeout: float,
-                 cache: Cache | None, progress: _Progress) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        run: RunDir,
+        sweep: Sweep,
+        concurrency: int,
+        cell_timeout: float,
+        cache: Cache | None,
+        progress: _Progress,
+    ) -> None:
         self.client, self.api, self.run, self.sweep = client, client.api, run, sweep
         self.ledger = run.ledger
         self.slots = asyncio.Semaphore(concurrency)
@@ -271,10 +295,18 @@ class _RunState:
         source, info = found
         target = self.run.image_file(cell.key, source.suffix)
         self.cache.copy_to(source, target)
-        self.ledger.update(cell.key, status="succeeded", cached=1, cost_usd=0.0, error=None,
-                           image_path=str(target.relative_to(self.run.root)),
-                           **{k: info.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at",
-                                                        "queue_s", "run_s", "base_url")})
+        self.ledger.update(
+            cell.key,
+            status="succeeded",
+            cached=1,
+            cost_usd=0.0,
+            error=None,
+            image_path=str(target.relative_to(self.run.root)),
+            **{
+                k: info.get(k)
+                for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s", "run_s", "base_url")
+            },
+        )
         self.progress.move("queued", "succeeded", finished=True)
         return True
 
@@ -308,9 +340,15 @@ class _RunState:
         if fresh:
             self.progress.move("queued", "running")
         try:
-            return await follow(self.api, request_id, track, self.client.pacer,
-                                deadline=time.monotonic() + self.cell_timeout,
-                                running_finishes=self.running_finishes, signal=self.signal)
+            return await follow(
+                self.api,
+                request_id,
+                track,
+                self.client.pacer,
+                deadline=time.monotonic() + self.cell_timeout,
+                running_finishes=self.running_finishes,
+                signal=self.signal,
+            )
         except errors.NotFoundError as exc:  # the id expired or vanished: its result cannot be collected
             self._record(key, "running", "failed", f"{exc}; a rerun sends this cell again")
         except errors.ZlabError as exc:  # still accepted: a rerun polls it again, never resubmits
@@ -321,15 +359,19 @@ class _RunState:
     async def _finish(self, cell: Cell, request_id: str, outcome: Outcome) -> None:
         key = cell.key
         track = self.tracks.pop(key, None)
-        times = {"finished_at": outcome.finished_at.isoformat() if outcome.finished_at else now_iso()}
+        times: dict[str, Any] = {"finished_at": outcome.finished_at.isoformat() if outcome.finished_at else now_iso()}
         if track is not None:
             queue_s = max(0.0, (track.started or track.submitted) - track.submitted)
-            span = (outcome.finished_at - outcome.created_at).total_seconds() if outcome.created_at and \
-                outcome.finished_at else None
+            span = (
+                (outcome.finished_at - outcome.created_at).total_seconds()
+                if outcome.created_at and outcome.finished_at
+                else None
+            )
             times.update(queue_s=queue_s, run_s=None if span is None else max(0.0, span - queue_s))
         if outcome.phase == "failed":
-            self._record(key, "running", "failed", "the job failed on the server: " + json.dumps(outcome.error),
-                         **times)
+            self._record(
+                key, "running", "failed", "the job failed on the server: " + json.dumps(outcome.error), **times
+            )
             return
         if outcome.phase == "cancelled":
             self._record(key, "running", "cancelled", "the job was cancelled", **times)
@@ -342,17 +384,26 @@ class _RunState:
             final = "failed" if not exc.transient else "accepted"  # transient: a rerun collects it again
             self._record(key, "running", final, str(exc), image_url=url)
             return
-        metadata = {"zlab:request": cell.request.canonical_json(self.client.model),
-                    "zlab:sweep": json.dumps(self.sweep.to_dict(), default=str), "zlab:request_id": request_id}
+        metadata = {
+            "zlab:request": cell.request.canonical_json(self.client.model),
+            "zlab:sweep": json.dumps(self.sweep.to_dict(), default=str),
+            "zlab:request_id": request_id,
+        }
         path = await asyncio.to_thread(self.run.save_image, key, data, image_suffix(data), metadata)
         # The image is decoded already (to check it): cache its thumbnail now, so the first sheet is fast.
         await asyncio.to_thread(prime, self.run.root / path, image, THUMB_WIDTH, self.run.root)
         self._record(key, "running", "succeeded", None, image_path=path, image_url=url, **times)
         if self.cache is not None:
             row = self.ledger.get(key) or {}
-            await asyncio.to_thread(self.cache.put, key, self.run.root / path,
-                                    {k: row.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at",
-                                                             "queue_s", "run_s", "base_url")})
+            await asyncio.to_thread(
+                self.cache.put,
+                key,
+                self.run.root / path,
+                {
+                    k: row.get(k)
+                    for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s", "run_s", "base_url")
+                },
+            )
 
     def _record(self, key: str, shown: str, status: str, error: str | None, **fields: Any) -> None:
         self.ledger.update(key, status=status, error=error, **fields)
@@ -373,8 +424,12 @@ class _RunState:
                 self.ledger.update(row["key"], status="cancelled", error="cancelled by the user (Ctrl-C) while queued")
             return outcome == "cancelled"
 
-        done, _ = await asyncio.wait([asyncio.ensure_future(cancel(r)) for r in open_jobs] or
-                                     [asyncio.ensure_future(asyncio.sleep(0))], timeout=CANCEL_DEADLINE_S)
+        done, _ = await asyncio.wait(
+            [asyncio.ensure_future(cancel(r)) for r in open_jobs] or [asyncio.ensure_future(asyncio.sleep(0))],
+            timeout=CANCEL_DEADLINE_S,
+        )
         cancelled = sum(1 for t in done if not t.cancelled() and t.exception() is None and t.result() is True)
-        say(f"zlab: interrupted: {cancelled} queued job(s) cancelled, {len(open_jobs) - cancelled} running job(s) "
-            "recorded; run the same command again to collect them")
+        say(
+            f"zlab: interrupted: {cancelled} queued job(s) cancelled, {len(open_jobs) - cancelled} running job(s) "
+            "recorded; run the same command again to collect them"
+        )

@@ -164,7 +164,9 @@ def png_with_text(data: bytes, metadata: Mapping[str, str]) -> bytes:
     if not data.startswith(b"\x89PNG\r\n\x1a\n") or not metadata:
         return data
     ihdr_end = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4
-    chunks = b"".join(_png_chunk(b"iTXt", k.encode("latin-1") + b"\0\0\0\0\0" + v.encode()) for k, v in metadata.items())
+    chunks = b"".join(
+        _png_chunk(b"iTXt", k.encode("latin-1") + b"\0\0\0\0\0" + v.encode()) for k, v in metadata.items()
+    )
     return data[:ihdr_end] + chunks + data[ihdr_end:]
 
 

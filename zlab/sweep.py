@@ -30,9 +30,6 @@ from zlab.errors import ValidationError
 from zlab.request import MAX_LORAS, MODEL_ID, SEED_RANGE, LoRA, Request
 
 FILE_KEYS = ("prompt", "loras", "width", "height", "seed", "axes", "zip", "sheet", "name")
-PARAM_COLUMNS = ("prompt", "width", "height", "seed") + tuple(
-    f"lora{i}_{part}" for i in range(1, MAX_LORAS + 1) for part in ("path", "scale")
-)
 SECONDS_PER_IMAGE = 4.0  # a working guess for RunComfy (cold starts aside); plans say it is a guess
 
 
@@ -51,8 +48,13 @@ class Cell:
     def row(self) -> dict[str, Any]:
         """The cell as result columns: every request parameter plus each axis value."""
         req = self.request
-        row: dict[str, Any] = {"key": req.key, "prompt": req.prompt, "width": req.width, "height": req.height,
-                               "seed": req.seed}
+        row: dict[str, Any] = {
+            "key": req.key,
+            "prompt": req.prompt,
+            "width": req.width,
+            "height": req.height,
+            "seed": req.seed,
+        }
         for i in range(MAX_LORAS):
             lora = req.loras[i] if i < len(req.loras) else None
             row[f"lora{i + 1}_path"] = lora.path if lora else None
@@ -73,8 +75,10 @@ class Estimate:
 
     def __str__(self) -> str:
         minutes = f"{self.seconds / 60:.1f} min" if self.seconds >= 90 else f"{self.seconds:.0f} s"
-        return (f"{self.cells} cells, {self.megapixels:.1f} MP, ≈${self.cost_usd:.2f} estimated, "
-                f"≈{minutes} at concurrency {self.concurrency}")
+        return (
+            f"{self.cells} cells, {self.megapixels:.1f} MP, ≈${self.cost_usd:.2f} estimated, "
+            f"≈{minutes} at concurrency {self.concurrency}"
+        )
 
 
 class Sweep:
@@ -101,7 +105,7 @@ class Sweep:
             raise ValidationError("axes", "size", "either a size axis or width/height axes, not both")
         self.axes: dict[str, list[Any]] = {axis: axis_values(axis, values) for axis, values in raw_axes.items()}
         self.zip = _check_zip(zipped, self.axes)
-        self._raw = {"base": base.to_input(), "axes": raw_axes, "zip": [list(g) for g in self.zip]}
+        self._raw: dict[str, Any] = {"base": base.to_input(), "axes": raw_axes, "zip": [list(g) for g in self.zip]}
         self.seed_draws = self._draw_seeds(seed_draws)
         self._cells: list[Cell] | None = None
 
@@ -146,8 +150,13 @@ class Sweep:
 
     def to_dict(self) -> dict[str, Any]:
         """The sweep as written, plus the concrete seed draws; what a run directory records."""
-        return {**self._raw, "sheet": self.sheet, "name": self.name, "seed_draws": list(self.seed_draws),
-                "fingerprint": self.fingerprint}
+        return {
+            **self._raw,
+            "sheet": self.sheet,
+            "name": self.name,
+            "seed_draws": list(self.seed_draws),
+            "fingerprint": self.fingerprint,
+        }
 
     def with_seed_draws(self, draws: Sequence[int]) -> Sweep:
         return Sweep(self.base, self._raw["axes"], zipped=self.zip, sheet=self.sheet, name=self.name, seed_draws=draws)

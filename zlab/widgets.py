@@ -62,8 +62,13 @@ class SweepBuilder:
     """
 
     def __init__(
-        self, client: Client | None = None, *, prompt: str = "t3chnic4lly vibrant 1960s close-up portrait",
-        lora: str = DEFAULT_LORA_PATH, out_dir: str | os.PathLike[str] | None = None, cell_width: int = 192,
+        self,
+        client: Client | None = None,
+        *,
+        prompt: str = "t3chnic4lly vibrant 1960s close-up portrait",
+        lora: str = DEFAULT_LORA_PATH,
+        out_dir: str | os.PathLike[str] | None = None,
+        cell_width: int = 192,
     ) -> None:
         self._client = client
         self.cell_width = cell_width
@@ -72,45 +77,98 @@ class SweepBuilder:
         self.gallery: Gallery | None = None
         self.price_per_mp = self._price(client)
 
-        self.prompt = w.Textarea(prompt, description="prompt", layout=w.Layout(width="640px", height="64px"),
-                                 style=_LABEL)
+        self.prompt = w.Textarea(
+            prompt, description="prompt", layout=w.Layout(width="640px", height="64px"), style=_LABEL
+        )
         self.lora_rows: list[tuple[w.Text, w.BoundedFloatText, w.BoundedFloatText, w.BoundedIntText]] = []
         for i in range(MAX_LORAS):
             first = i == 0
-            self.lora_rows.append((
-                w.Text(lora if first else "", description=f"LoRA {i + 1}", placeholder="owner/name or https://…",
-                       layout=w.Layout(width="330px"), style=_LABEL),
-                w.BoundedFloatText(0.0 if first else 1.0, min=0, max=4, step=0.05, description="from",
-                                   layout=w.Layout(width="120px"), style={"description_width": "36px"}),
-                w.BoundedFloatText(1.5 if first else 1.0, min=0, max=4, step=0.05, description="to",
-                                   layout=w.Layout(width="110px"), style={"description_width": "26px"}),
-                w.BoundedIntText(4 if first else 1, min=1, max=50, description="steps",
-                                 layout=w.Layout(width="120px"), style={"description_width": "40px"}),
-            ))
-        self.seeds = w.Text("1, 2", description="seeds", placeholder='1, 2, 3  or  1-4  or  0-100 [5]',
-                            layout=w.Layout(**_WIDE), style=_LABEL)
-        self.sizes = w.Text("1024x1024", description="sizes", placeholder="1024x1024, 768x1344",
-                            layout=w.Layout(**_WIDE), style=_LABEL)
-        self.concurrency = w.BoundedIntText(8, min=1, max=256, description="concurrency", style=_LABEL,
-                                            layout=w.Layout(width="200px"))
-        self.out_dir_text = w.Text(str(out_dir) if out_dir is not None else "", description="out dir",
-                                   placeholder="runs/builder-<fingerprint> (automatic)", style=_LABEL,
-                                   layout=w.Layout(**_WIDE))
+            self.lora_rows.append(
+                (
+                    w.Text(
+                        lora if first else "",
+                        description=f"LoRA {i + 1}",
+                        placeholder="owner/name or https://…",
+                        layout=w.Layout(width="330px"),
+                        style=_LABEL,
+                    ),
+                    w.BoundedFloatText(
+                        0.0 if first else 1.0,
+                        min=0,
+                        max=4,
+                        step=0.05,
+                        description="from",
+                        layout=w.Layout(width="120px"),
+                        style={"description_width": "36px"},
+                    ),
+                    w.BoundedFloatText(
+                        1.5 if first else 1.0,
+                        min=0,
+                        max=4,
+                        step=0.05,
+                        description="to",
+                        layout=w.Layout(width="110px"),
+                        style={"description_width": "26px"},
+                    ),
+                    w.BoundedIntText(
+                        4 if first else 1,
+                        min=1,
+                        max=50,
+                        description="steps",
+                        layout=w.Layout(width="120px"),
+                        style={"description_width": "40px"},
+                    ),
+                )
+            )
+        self.seeds = w.Text(
+            "1, 2",
+            description="seeds",
+            placeholder="1, 2, 3  or  1-4  or  0-100 [5]",
+            layout=w.Layout(**_WIDE),
+            style=_LABEL,
+        )
+        self.sizes = w.Text(
+            "1024x1024", description="sizes", placeholder="1024x1024, 768x1344", layout=w.Layout(**_WIDE), style=_LABEL
+        )
+        self.concurrency = w.BoundedIntText(
+            8, min=1, max=256, description="concurrency", style=_LABEL, layout=w.Layout(width="200px")
+        )
+        self.out_dir_text = w.Text(
+            str(out_dir) if out_dir is not None else "",
+            description="out dir",
+            placeholder="runs/builder-<fingerprint> (automatic)",
+            style=_LABEL,
+            layout=w.Layout(**_WIDE),
+        )
         self.summary = w.HTML()
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.status = w.HTML()
         self.output = w.Output()  # the progress bar and the run's log lines land here
         self.result_box = w.VBox()
-        inputs = [self.prompt, *(x for row in self.lora_rows for x in row), self.seeds, self.sizes,
-                  self.concurrency, self.out_dir_text]
+        inputs = [
+            self.prompt,
+            *(x for row in self.lora_rows for x in row),
+            self.seeds,
+            self.sizes,
+            self.concurrency,
+            self.out_dir_text,
+        ]
         for widget in inputs:
             widget.observe(self._refresh, names="value")
         self.run_button.on_click(lambda _button: self.run())
-        self.widget = w.VBox([
-            self.prompt, *(w.HBox(list(row)) for row in self.lora_rows), self.seeds, self.sizes,
-            w.HBox([self.concurrency, self.out_dir_text]), self.summary,
-            w.HBox([self.run_button, self.status]), self.output, self.result_box,
-        ])
+        self.widget = w.VBox(
+            [
+                self.prompt,
+                *(w.HBox(list(row)) for row in self.lora_rows),
+                self.seeds,
+                self.sizes,
+                w.HBox([self.concurrency, self.out_dir_text]),
+                self.summary,
+                w.HBox([self.run_button, self.status]),
+                self.output,
+                self.result_box,
+            ]
+        )
         self._refresh()
 
     @staticmethod
@@ -248,10 +306,15 @@ class Gallery:
             dropdown.observe(self._on_axes, names="value")
         self.page_slider.observe(self._on_page, names="value")
         self.cells.observe(self._on_cell, names="value")
-        self.widget = w.VBox([
-            w.HBox([self.x, self.y, self.page]), w.HBox([self.page_slider, self.page_label]), self.note,
-            self.sheet_image, w.HBox([self.cells, w.VBox([self.detail_image, self.detail_info])]),
-        ])
+        self.widget = w.VBox(
+            [
+                w.HBox([self.x, self.y, self.page]),
+                w.HBox([self.page_slider, self.page_label]),
+                self.note,
+                self.sheet_image,
+                w.HBox([self.cells, w.VBox([self.detail_image, self.detail_info])]),
+            ]
+        )
         self._show_sheet()
 
     # ------------------------------------------------------------ events
@@ -282,8 +345,7 @@ class Gallery:
             # a refused choice leaves the model's axes as they were: put the dropdowns back too
             for dropdown, value in ((self.x, m.x), (self.y, m.y), (self.page, m.page)):
                 dropdown.value = value or NONE
-            _sync(self.page_slider, max=max(0, m.page_count - 1), value=m.page_index,
-                  disabled=m.page_count <= 1)
+            _sync(self.page_slider, max=max(0, m.page_count - 1), value=m.page_index, disabled=m.page_count <= 1)
         finally:
             self._busy = False
         self.note.value = f"<span style='color:#8a5a00'>{html.escape(m.note)}</span>" if m.note else ""

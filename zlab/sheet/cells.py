@@ -34,7 +34,8 @@ class VaryingColumnsError(ValidationError):
         self.columns = tuple(columns)
         what = ", ".join(self.columns) if self.columns else "nothing (duplicate rows with different keys)"
         super().__init__(
-            "axes", {k: v for k, v in axes.items() if v},
+            "axes",
+            {k: v for k, v in axes.items() if v},
             f"one image per cell, but {cells} cell(s) hold several images; varying inside a cell: {what}",
             hint,
         )
@@ -42,9 +43,7 @@ class VaryingColumnsError(ValidationError):
 
 def is_bookkeeping(column: str) -> bool:
     """True for columns that describe how a cell ran rather than what it generated."""
-    return (
-        column in BOOKKEEPING or column.endswith(("_at", "_s")) or column.startswith("sheet_")
-    )
+    return column in BOOKKEEPING or column.endswith(("_at", "_s")) or column.startswith("sheet_")
 
 
 def parameter_columns(df: pd.DataFrame, exclude: Iterable[str | None] = ()) -> list[str]:
@@ -162,8 +161,7 @@ def _hint(axes: dict[str, str | None], columns: Sequence[str]) -> str:
     rest = [c for c in columns[1:] if not (first == "size" and c in _SIZE_COLUMNS)]
     also = f" (and likewise for {', '.join(rest)})" if rest else ""
     options = " or ".join(f"{a}={first!r}" for a in free)
-    return (f"Pass {options}{also}, filter the DataFrame, or pass stack=True to put them side by side "
-            "in the cell")
+    return f"Pass {options}{also}, filter the DataFrame, or pass stack=True to put them side by side in the cell"
 
 
 def assign(
@@ -187,9 +185,7 @@ def assign(
     df = _prefer(df.reset_index(drop=True)).reset_index(drop=True)
 
     norms = {c: [norm_value(v) for v in df[c]] for c in named}
-    built = {
-        name: Axis(col, ordered_values(norms[col])) if col else Axis(None) for name, col in axes.items()
-    }
+    built = {name: Axis(col, ordered_values(norms[col])) if col else Axis(None) for name, col in axes.items()}
     index = {name: {v: i for i, v in enumerate(ax.values)} for name, ax in built.items()}
     coords = [
         tuple(index[name][norms[col][i]] if col else 0 for name, col in (("page", page), ("y", y), ("x", x)))

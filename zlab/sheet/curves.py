@@ -115,8 +115,15 @@ class StrengthCurve:
         rows = []
         for label, g in self.df.groupby("by", sort=False):
             bites, sats = onsets(list(g["scale"]), list(g[metric]), self.bite, self.saturate)
-            rows.append({"by": label, "bites_at": bites, "saturates_at": sats,
-                         "max_ssim_distance": g["ssim_distance"].max(), "max_mad": g["mad"].max()})
+            rows.append(
+                {
+                    "by": label,
+                    "bites_at": bites,
+                    "saturates_at": sats,
+                    "max_ssim_distance": g["ssim_distance"].max(),
+                    "max_mad": g["mad"].max(),
+                }
+            )
         return pd.DataFrame(rows)
 
     def figure(self, metric: str = "ssim_distance") -> Any:
@@ -137,12 +144,12 @@ class StrengthCurve:
             for col, mark in (("bites_at", "^"), ("saturates_at", "s")):
                 at = summary.loc[label, col]
                 if at is not None and pd.notna(at):
-                    ax.plot([at], g.loc[g["scale"] == at, metric].iloc[:1], mark, color=color, ms=9,
-                            markeredgecolor="black")
+                    ax.plot(
+                        [at], g.loc[g["scale"] == at, metric].iloc[:1], mark, color=color, ms=9, markeredgecolor="black"
+                    )
         ax.set_xlabel(self.scale)
         ax.set_ylabel("distance from lowest scale")
-        ax.set_title(f"{self.scale}: solid 1−SSIM, dashed mean |Δpixel|; ▲ starts to bite, ■ saturates",
-                     fontsize=10)
+        ax.set_title(f"{self.scale}: solid 1−SSIM, dashed mean |Δpixel|; ▲ starts to bite, ■ saturates", fontsize=10)
         ax.grid(alpha=0.3)
         if len(groups) > 1:
             ax.legend(fontsize=8, ncols=min(4, len(groups)))
@@ -188,9 +195,16 @@ def _film_strip(items: Sequence[tuple[Any, Image.Image]], gap: int = 4) -> tuple
 
 
 def strength_curve(
-    df: pd.DataFrame, scale: str = "lora1_scale", by: str | Sequence[str] | None = "seed", *,
-    root: str | os.PathLike[str] | None = None, width: int = 256, strip_width: int = 96,
-    bite: float = 0.1, saturate: float = 0.9, cache: bool = True,
+    df: pd.DataFrame,
+    scale: str = "lora1_scale",
+    by: str | Sequence[str] | None = "seed",
+    *,
+    root: str | os.PathLike[str] | None = None,
+    width: int = 256,
+    strip_width: int = 96,
+    bite: float = 0.1,
+    saturate: float = 0.9,
+    cache: bool = True,
 ) -> StrengthCurve:
     """For each `by` group, the distance of each image from the group's lowest-scale image.
 
@@ -221,7 +235,9 @@ def strength_curve(
         if len(set(scales)) != len(scales):
             varying = [c for c in params if len({norm_value(df[c].iat[i]) for i in members}) > 1]
             raise VaryingColumnsError(
-                {"scale": scale, "by": ", ".join(by_cols) or None}, varying, 1,
+                {"scale": scale, "by": ", ".join(by_cols) or None},
+                varying,
+                1,
                 f"pass by={[*by_cols, *varying]!r} or filter the DataFrame so each group has one image per scale",
             )
         label = _group_label(by_cols, gkey)
@@ -244,8 +260,17 @@ def strength_curve(
                     small = thumb.copy()
                     small.thumbnail((strip_width * 4, strip_width), Image.Resampling.LANCZOS)  # one strip height
                     strips.setdefault(label, []).append((s, small))
-            rows.append({"by": label, "scale": s, "mad": mad, "ssim_distance": dist, "key": r.get("key"),
-                         "image_path": r.get("image_path"), "note": note})
+            rows.append(
+                {
+                    "by": label,
+                    "scale": s,
+                    "mad": mad,
+                    "ssim_distance": dist,
+                    "key": r.get("key"),
+                    "image_path": r.get("image_path"),
+                    "note": note,
+                }
+            )
     out = pd.DataFrame(rows, columns=["by", "scale", "mad", "ssim_distance", "key", "image_path", "note"])
     out.attrs = {"scale": scale, "by": list(by_cols)}
     return StrengthCurve(out, scale, by_cols, strips, bite, saturate)

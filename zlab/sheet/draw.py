@@ -60,8 +60,16 @@ def measure(text: str, size: int) -> float:
     return float(font(size).getlength(text))
 
 
-def _lines(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, lines: Sequence[str], size: int,
-           fill: tuple[int, int, int], center: bool) -> None:
+def _lines(
+    draw: ImageDraw.ImageDraw,
+    x: int,
+    y: int,
+    width: int,
+    lines: Sequence[str],
+    size: int,
+    fill: tuple[int, int, int],
+    center: bool,
+) -> None:
     f, lh = font(size), line_height(size)
     for i, line in enumerate(lines):
         dx = (width - measure(line, size)) / 2 if center else 0
@@ -94,7 +102,10 @@ def paste_thumbnail(page: Image.Image, box: Box, thumb: Image.Image) -> Box:
 
 
 def render_page(
-    plan: PagePlan, tiles: Iterable[tuple[Slot, Tile]], captions: Mapping[Slot, str], style: Style,
+    plan: PagePlan,
+    tiles: Iterable[tuple[Slot, Tile]],
+    captions: Mapping[Slot, str],
+    style: Style,
 ) -> tuple[Image.Image, dict[Slot, Box]]:
     """Paint one page. `tiles` yields ((row, col, slot), thumbnail or why there is none), and is
     consumed as it comes, so only the thumbnails not yet pasted are in memory.

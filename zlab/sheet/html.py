@@ -78,8 +78,7 @@ def _full_path(sheet: ContactSheet, i: int) -> Path | None:
     return (sheet.root or Path()) / str(row["image_path"])
 
 
-def _slot(sheet: ContactSheet, i: int, tile: Image.Image | thumbs.Missing, html_dir: Path,
-          params: list[str]) -> str:
+def _slot(sheet: ContactSheet, i: int, tile: Image.Image | thumbs.Missing, html_dir: Path, params: list[str]) -> str:
     row = sheet.grid.placed.iloc[i]
     tip = escape(hover_text(row, params), quote=True)
     caption = ""
@@ -108,7 +107,8 @@ def render_html(sheet: ContactSheet, html_dir: Path) -> str:
     ] * len(grid.x)
     axes = " · ".join(f"{n}: {c}" for n, c in (("x", grid.x.column), ("y", grid.y.column)) if c)
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(sheet.title[:120])}</title><style>{css}</style></head><body>",
         f"<h1>{escape(sheet.title)}</h1>",
     ]
@@ -125,8 +125,13 @@ def render_html(sheet: ContactSheet, html_dir: Path) -> str:
         cells = grid.cells(g)
         order = [i for rows in cells.values() for i in rows]
         # Decoded (or read from the cache) a page at a time, on the same worker threads as the PNG sheet.
-        tiles = dict(zip(order, thumbs.load_many([_full_path(sheet, i) for i in order], style.cell_width,
-                                                 sheet.cache), strict=True))
+        tiles = dict(
+            zip(
+                order,
+                thumbs.load_many([_full_path(sheet, i) for i in order], style.cell_width, sheet.cache),
+                strict=True,
+            )
+        )
         for r, ylabel in enumerate(grid.y.labels):
             parts.append("<tr>")
             if grid.y.column:

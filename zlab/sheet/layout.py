@@ -92,9 +92,7 @@ def _word_units(word: str, width: float, size: int, measure: Measure) -> list[st
     return units
 
 
-def wrap_text(
-    text: str, width: float, size: int, measure: Measure, max_lines: int | None = None
-) -> list[str]:
+def wrap_text(text: str, width: float, size: int, measure: Measure, max_lines: int | None = None) -> list[str]:
     """Greedy word wrap to `width` pixels; long words break after separators, then anywhere.
 
     With `max_lines`, the text is cut to that many lines and the last one ends in an ellipsis.
@@ -140,9 +138,7 @@ class LabelFit:
     legend: int | None = None  # legend number when the full text moved below the grid
 
 
-def fit_label(
-    text: str, width: float, max_lines: int, size: int, min_size: int, measure: Measure
-) -> LabelFit | None:
+def fit_label(text: str, width: float, max_lines: int, size: int, min_size: int, measure: Measure) -> LabelFit | None:
     """Wrap `text` into `max_lines` lines of `width`, shrinking from `size` down to `min_size`.
 
     Returns None when it does not fit even at `min_size`: the caller moves it to the legend.
@@ -155,7 +151,12 @@ def fit_label(
 
 
 def fit_labels(
-    labels: Sequence[str], width: float, max_lines: int, size: int, min_size: int, measure: Measure,
+    labels: Sequence[str],
+    width: float,
+    max_lines: int,
+    size: int,
+    min_size: int,
+    measure: Measure,
     first_legend: int = 1,
 ) -> list[LabelFit]:
     """Fit each label; those that cannot fit get consecutive legend numbers from `first_legend`."""
@@ -230,8 +231,16 @@ def span(count: int, size: int, gap: int) -> int:
 
 
 def split_grid(
-    n_rows: int, n_cols: int, *, cell_w: int, cell_h: int, gap: int, chrome_w: int,
-    chrome_h: Callable[[int], int], min_width: int = 0, max_side: int = WEBP_MAX_SIDE,
+    n_rows: int,
+    n_cols: int,
+    *,
+    cell_w: int,
+    cell_h: int,
+    gap: int,
+    chrome_w: int,
+    chrome_h: Callable[[int], int],
+    min_width: int = 0,
+    max_side: int = WEBP_MAX_SIDE,
     max_pixels: int | None = None,
 ) -> list[tuple[range, range]]:
     """Split a grid into pages that each stay within `max_side` per side and `max_pixels` in area.
@@ -240,6 +249,7 @@ def split_grid(
     around them for a page of that width (titles, headers, legend, footer wrap narrower pages taller).
     Returns (rows, cols) per page, row-major. Raises ValueError if not even one cell fits a page.
     """
+
     def width(c: int) -> int:
         return max(min_width, chrome_w + span(c, cell_w, gap))
 
@@ -318,8 +328,14 @@ class SheetText:
 
 
 def plan_pages(
-    text: SheetText, *, aspect: float, n_stack: int, style: Style, measure: Measure,
-    max_side: int = WEBP_MAX_SIDE, max_pixels: int | None = None,
+    text: SheetText,
+    *,
+    aspect: float,
+    n_stack: int,
+    style: Style,
+    measure: Measure,
+    max_side: int = WEBP_MAX_SIDE,
+    max_pixels: int | None = None,
 ) -> list[PagePlan]:
     """Lay out one logical page (one value of the page axis), split into as many pages as the limits need.
 
@@ -340,11 +356,19 @@ def plan_pages(
         widest = max(measure(label, s.label_size) for label in text.y_labels)
         row_w = int(min(max(cell_w, 160), max(72, math.ceil(widest) + 2 * s.pad)))
     y_fits = fit_labels(
-        text.y_labels, row_w - 2 * s.pad, s.row_label_lines, s.label_size, s.min_size, measure,
+        text.y_labels,
+        row_w - 2 * s.pad,
+        s.row_label_lines,
+        s.label_size,
+        s.min_size,
+        measure,
         first_legend=1 + sum(f.legend is not None for f in x_fits),
     )
-    legend_of = {f.legend: label for f, label in zip(x_fits + y_fits, text.x_labels + text.y_labels, strict=True)
-                 if f.legend is not None}
+    legend_of = {
+        f.legend: label
+        for f, label in zip(x_fits + y_fits, text.x_labels + text.y_labels, strict=True)
+        if f.legend is not None
+    }
     header_h = s.header_lines * lh + 2 * s.pad
     grid_left = s.margin + (row_w + s.gap if row_w else 0)
 
@@ -367,9 +391,16 @@ def plan_pages(
         return blocks(width, sorted(legend_of), " · page 99/99")[1]
 
     chunks = split_grid(
-        max(1, len(text.y_labels)), len(text.x_labels), cell_w=cell_w, cell_h=cell_h, gap=gap,
-        chrome_w=grid_left + s.margin, chrome_h=chrome_h, min_width=s.min_width,
-        max_side=max_side, max_pixels=max_pixels,
+        max(1, len(text.y_labels)),
+        len(text.x_labels),
+        cell_w=cell_w,
+        cell_h=cell_h,
+        gap=gap,
+        chrome_w=grid_left + s.margin,
+        chrome_h=chrome_h,
+        min_width=s.min_width,
+        max_side=max_side,
+        max_pixels=max_pixels,
     )
     pages = []
     for number, (rows, cols) in enumerate(chunks, start=1):

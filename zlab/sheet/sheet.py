@@ -113,11 +113,21 @@ def _resolve(df: pd.DataFrame, root: str | os.PathLike[str] | None) -> Path | No
 
 
 def contact_sheet(
-    df: pd.DataFrame, x: str | None, y: str | None = None, page: str | None = None, *,
-    root: str | os.PathLike[str] | None = None, cell_width: int = 256, stack: bool = False,
-    title: str | None = None, footer: bool = True, min_font_size: int = 10,
-    max_side: int = WEBP_MAX_SIDE, max_pixels: int | None = None,
-    cache: bool | str | os.PathLike[str] = True, workers: int | None = None,
+    df: pd.DataFrame,
+    x: str | None,
+    y: str | None = None,
+    page: str | None = None,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    cell_width: int = 256,
+    stack: bool = False,
+    title: str | None = None,
+    footer: bool = True,
+    min_font_size: int = 10,
+    max_side: int = WEBP_MAX_SIDE,
+    max_pixels: int | None = None,
+    cache: bool | str | os.PathLike[str] = True,
+    workers: int | None = None,
 ) -> ContactSheet:
     """Draw results as a labelled grid: one column per value of `x`, one row per value of `y`, one
     page per value of `page` (any column can be any axis).
@@ -137,12 +147,14 @@ def contact_sheet(
     placed = grid.placed
     run_dir = _resolve(df, root)
     cache_dir = (
-        (thumbs.cache_dir(run_dir) if run_dir is not None else None) if cache is True
+        (thumbs.cache_dir(run_dir) if run_dir is not None else None)
+        if cache is True
         else (Path(cache) if cache else None)
     )
     reasons = [
-        placeholder_reason(*(placed[c].iat[i] if c in placed.columns else None
-                             for c in ("status", "error", "image_path")))
+        placeholder_reason(
+            *(placed[c].iat[i] if c in placed.columns else None for c in ("status", "error", "image_path"))
+        )
         for i in range(len(placed))
     ]
     paths = [
@@ -166,24 +178,29 @@ def contact_sheet(
     axis_note = " · ".join(f"{n}: {c}" for n, c in zip(("x", "y"), axes[:2], strict=True) if c)
     for g, gval in enumerate(grid.page.values):
         subtitle = axis_note + (f" · {axis_label(grid.page.column, gval)}" if grid.page.column else "")
-        text = SheetText(
-            sheet_title, subtitle, grid.x.labels, grid.y.labels if grid.y.column else (), foot
-        )
+        text = SheetText(sheet_title, subtitle, grid.x.labels, grid.y.labels if grid.y.column else (), foot)
         try:
-            plans = plan_pages(text, aspect=aspect, n_stack=grid.n_stack, style=style, measure=draw.measure,
-                               max_side=max_side, max_pixels=limit)
+            plans = plan_pages(
+                text,
+                aspect=aspect,
+                n_stack=grid.n_stack,
+                style=style,
+                measure=draw.measure,
+                max_side=max_side,
+                max_pixels=limit,
+            )
         except ValueError as exc:
             raise ValidationError("cell_width", cell_width, "a size whose cell fits on one page", str(exc)) from exc
         cells = grid.cells(g)
         for plan in plans:
             on_page = [
-                (r, c, k, i) for (r, c), rows in cells.items() if r in plan.rows and c in plan.cols
+                (r, c, k, i)
+                for (r, c), rows in cells.items()
+                if r in plan.rows and c in plan.cols
                 for k, i in enumerate(rows)
             ]
             order = [i for *_, i in on_page]
-            loaded = thumbs.load_many(
-                (None if reasons[i] else paths[i] for i in order), cell_width, cache_dir, workers
-            )
+            loaded = thumbs.load_many((None if reasons[i] else paths[i] for i in order), cell_width, cache_dir, workers)
             captions = {(r, c, k): _caption(placed, i, grid.stacked) for r, c, k, i in on_page} if grid.stacked else {}
             image, drawn = draw.render_page(plan, _tiles(on_page, loaded, reasons, notes), captions, style)
             for r, c, k, i in on_page:
@@ -201,8 +218,10 @@ def contact_sheet(
 
 
 def _tiles(
-    on_page: Sequence[tuple[int, int, int, int]], loaded: Iterator[Image.Image | thumbs.Missing],
-    reasons: Sequence[str | None], notes: list[str | None],
+    on_page: Sequence[tuple[int, int, int, int]],
+    loaded: Iterator[Image.Image | thumbs.Missing],
+    reasons: Sequence[str | None],
+    notes: list[str | None],
 ) -> Iterator[tuple[tuple[int, int, int], Image.Image | thumbs.Missing]]:
     """Pair each (row, col, slot, row-number) with its thumbnail as it decodes, noting unreadable files."""
     for (r, c, k, i), tile in zip(on_page, loaded, strict=True):
@@ -219,8 +238,15 @@ def _caption(placed: pd.DataFrame, i: int, columns: Sequence[str]) -> str:
 
 
 def _page_meta(
-    grid: Grid, g: int, plan: Any, placed: pd.DataFrame, order: Sequence[int],
-    boxes: dict[int, tuple[int, Box]], notes: Sequence[str | None], params: Sequence[str], title: str,
+    grid: Grid,
+    g: int,
+    plan: Any,
+    placed: pd.DataFrame,
+    order: Sequence[int],
+    boxes: dict[int, tuple[int, Box]],
+    notes: Sequence[str | None],
+    params: Sequence[str],
+    title: str,
 ) -> dict[str, Any]:
     """The JSON a page carries: axes, their values, and each cell's key, position and parameters."""
     cells = []
@@ -228,10 +254,16 @@ def _page_meta(
         row = placed.iloc[i]
         box = boxes[i][1]
         cell = {
-            "key": row.get("key"), "status": row.get("status"), "image_path": row.get("image_path"),
-            "sheet_row": int(row["sheet_row"]), "sheet_col": int(row["sheet_col"]),
+            "key": row.get("key"),
+            "status": row.get("status"),
+            "image_path": row.get("image_path"),
+            "sheet_row": int(row["sheet_row"]),
+            "sheet_col": int(row["sheet_col"]),
             "sheet_slot": int(row["sheet_slot"]),
-            "left": box[0], "top": box[1], "right": box[2], "bottom": box[3],
+            "left": box[0],
+            "top": box[1],
+            "right": box[2],
+            "bottom": box[3],
             "note": notes[i],
         }
         cell.update({c: norm_value(row[c]) for c in params})
@@ -239,18 +271,28 @@ def _page_meta(
     return {
         "zlab_sheet": FORMAT_VERSION,
         "title": title,
-        "x": grid.x.column, "y": grid.y.column, "page": grid.page.column,
-        "x_values": list(grid.x.values), "y_values": list(grid.y.values),
+        "x": grid.x.column,
+        "y": grid.y.column,
+        "page": grid.page.column,
+        "x_values": list(grid.x.values),
+        "y_values": list(grid.y.values),
         "page_value": grid.page.values[g] if grid.page.column else None,
-        "rows": [plan.rows.start, plan.rows.stop], "cols": [plan.cols.start, plan.cols.stop],
-        "part": plan.number, "parts": plan.of,
+        "rows": [plan.rows.start, plan.rows.stop],
+        "cols": [plan.cols.start, plan.cols.stop],
+        "part": plan.number,
+        "parts": plan.of,
         "cells": cells,
     }
 
 
 def sheet_from_run_dir(
-    run_dir: str | os.PathLike[str], x: str, y: str | None = None, page: str | None = None,
-    out: str | os.PathLike[str] | None = None, html: bool = False, **kw: Any,
+    run_dir: str | os.PathLike[str],
+    x: str,
+    y: str | None = None,
+    page: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    html: bool = False,
+    **kw: Any,
 ) -> list[Path]:
     """`zlab sheet DIR --x COL [--y COL] [--page COL] [--out FILE] [--html]`: draw DIR/results.parquet.
 
@@ -260,8 +302,12 @@ def sheet_from_run_dir(
     run_dir = Path(run_dir)
     results = run_dir / "results.parquet"
     if not results.is_file():
-        raise ValidationError("run_dir", str(run_dir), "a run directory containing results.parquet",
-                              "run `zlab run SPEC.yaml --out DIR` first")
+        raise ValidationError(
+            "run_dir",
+            str(run_dir),
+            "a run directory containing results.parquet",
+            "run `zlab run SPEC.yaml --out DIR` first",
+        )
     df = pd.read_parquet(results)
     sheet = contact_sheet(df, x, y, page, root=run_dir, **kw)
     target = Path(out) if out is not None else run_dir / "sheet.png"
