@@ -8,7 +8,7 @@ seconds to clean up (e.g. cancel queued jobs, record state), then re-raises Keyb
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -49,11 +49,31 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if running is target:
         coro.close()
         raise RuntimeError("zlab's sync API was called from its own event loop; use zlab.AsyncClient there")
-    future = asyncio.run_coroutine_threadsafe(coro, target)
+    tasks: list[asyncio.Task[T]] = []
+
+    async def tracked() -> T:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        return await coro
+
+    future = asyncio.run_coroutine_threadsafe(tracked(), target)
     try:
-        return future.result()
+        # Short slices, not one blocking wait: a SIGINT delivered to another thread only sets a flag,
+        # which the main thread acts on when it next runs Python code.
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except concurrent.futures.TimeoutError:
+                continue
     except KeyboardInterrupt:
-        future.cancel()  # cancels the task on the loop: the runner cancels queued jobs and records state
-        with contextlib.suppress(Exception):  # cancelled, timed out or failed: the interrupt wins either way
-            future.result(timeout=CLEANUP_S)
+        finished = threading.Event()
+
+        def cancel() -> None:  # on the loop: cancel the task itself and wait for its cleanup to end
+            if not tasks or tasks[0].done():
+                finished.set()
+                return
+            tasks[0].add_done_callback(lambda _: finished.set())
+            tasks[0].cancel()
+
+        target.call_soon_threadsafe(cancel)
+        finished.wait(CLEANUP_S)
         raise

@@ -195,8 +195,8 @@ async def run_sweep(
         calls = dict(collections.Counter(client.api.calls) - calls_before)
         result = RunResult(df, run.root, counts, time.monotonic() - started, estimate, calls, interrupted)
         say(result.summary())
-        if interrupted:
-            raise KeyboardInterrupt
+        if interrupted:  # end cancelled, as asyncio expects; asyncio.run turns it into KeyboardInterrupt
+            raise asyncio.CancelledError
         if sheet and sweep.sheet and counts.get("succeeded"):
             _draw_sheet(run, df, sweep.sheet, say)
         return result
