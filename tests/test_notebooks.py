@@ -18,6 +18,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from browser_check import CHROMIUM, MISSING, screenshot
 from PIL import Image
 
 from zlab.report import report
@@ -26,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("lora_scale_sweep", "seed_grid", "size_sweep")
 CANARY = "canary-token-3e9d1f7a5c20"
-CHROMIUM = "/usr/bin/chromium"
 _PNG_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
 
 
@@ -146,30 +146,10 @@ def test_lora_scale_sweep_report_from_the_command_line(tmp_path):
     assert "zlab: 6 cells: 6 succeeded" in executed.cells[-1].outputs[0]["text"]  # the summary line
 
     # Opened in a browser, the sheet is drawn where the report puts it.
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed: the browser check did not run")
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'chromium'}",
-            "--window-size=1400,4000",
-            f"--screenshot={shot}",
-            next(out.glob("*.html")).as_uri(),
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert shot.is_file(), "chromium wrote no screenshot"
-    screen = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    if CHROMIUM is None:
+        pytest.skip(MISSING)
+    screen = screenshot(next(out.glob("*.html")), tmp_path / "shot.png", tmp_path / "chromium", size=(1400, 4000))
+    screen = screen.astype(np.int16)
     diff, top, left = find_in(screen, sheet)
     assert diff < 2, f"the contact sheet is not visible in the rendered report (best match {diff:.1f})"
     region = screen[top : top + sheet.shape[0], left : left + sheet.shape[1]]

@@ -7,7 +7,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from browser_check import CHROMIUM, MISSING, screenshot
 
 from zlab.errors import ValidationError
 from zlab.report import Report, kernel_for_current_python, parse_param_pairs, report, report_main
@@ -224,48 +224,15 @@ def test_falls_back_to_own_kernel_when_python3_is_another_interpreter(tmp_path, 
 # ---------------------------------------------------------------- the HTML, as a browser shows it
 
 
-def chromium() -> str | None:
-    found = [shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")]
-    return next((f for f in found if f), None)
-
-
-def screenshot(html: Path, png: Path, tmp: Path) -> None:
-    """Render `html` in headless Chromium to `png` (1200×2000), offline and with a fresh profile."""
-    browser = chromium()
-    assert browser is not None
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp}",
-            f"--screenshot={png}",
-            "--window-size=1200,2000",
-            html.resolve().as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
 def test_html_report_shows_the_plot_in_a_browser_with_code_hidden(tmp_path):
     import numpy as np
-    from PIL import Image
 
     rep = report(PLOT, out=tmp_path / "out", hide_code=True, timeout=120)
     assert rep.ok and rep.html is not None, rep.error
     assert "SOURCE-MARKER" in rep.notebook.read_text()
     assert "SOURCE-MARKER" not in rep.html.read_text()  # hide_code drops the inputs
-    png = tmp_path / "shot.png"
-    screenshot(rep.html, png, tmp_path / "profile")
-    pixels = np.asarray(Image.open(png).convert("RGB"), dtype=int)
+    pixels = screenshot(rep.html, tmp_path / "shot.png", tmp_path / "profile").astype(int)
     near = int((np.abs(pixels - np.array(PLOT_RGB)).max(axis=-1) <= 3).sum())
     assert near > 50_000, near  # the 480×320 image, about 150k pixels

@@ -4,8 +4,6 @@ in headless Chromium when one is installed."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -13,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pandas as pd
 import pytest
+from browser_check import CHROMIUM, MISSING, screenshot
 from PIL import Image
 
 from zlab.sheet import contact_sheet
@@ -137,35 +136,13 @@ def test_thumbnails_are_the_images(tmp_path):
         assert all(abs(a - b) <= 6 for a, b in zip(thumb.getpixel((32, 48)), expect, strict=True))
 
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None) or (
-    shutil.which("chromium")
-)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install -y chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
 def test_renders_in_headless_chromium(tmp_path):
     sheet = contact_sheet(make_run(tmp_path / "run"), x="lora1_scale", y="seed", cell_width=96)
     page = sheet.to_html(tmp_path / "sheet.html")
-    shot = tmp_path / "shot.png"
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=800,800",
-        page.as_uri(),
-    ]
-    subprocess.run(cmd, capture_output=True, timeout=60, check=False)
-    assert shot.exists(), "chromium wrote no screenshot"
-    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    screen = screenshot(page, tmp_path / "shot.png", tmp_path / "profile", size=(800, 800))
+    pixels = screen.reshape(-1, 3).astype(int)
     assert pixels.std() > 10, "screenshot is blank"
     for rgb in COLOURS.values():  # every thumbnail decoded and painted
         near = (np.abs(pixels - rgb).sum(axis=1) <= 24).sum()
