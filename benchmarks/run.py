@@ -1,0 +1,178 @@
+"""Run every zlab benchmark and write the results table: `python benchmarks/run.py [--quick] [--out FILE]`.
+
+Each row is one figure for zlab next to its baseline measured in the same run, with the target and
+whether zlab met it ("missed" rows are reported, never tuned away). Sections:
+
+1. sweep wall time against the ideal ceil(N/C)·L           (bench_sweep)
+2. polls per image and completion-detection lag          (bench_sweep)
+3. the naive hand-written loop                           (bench_sweep)
+4. contact sheet against a matplotlib grid               (bench_sheet)
+5. rerunning a finished sweep                            (bench_sweep)
+6. synthetic backend speed and client overhead           (bench_backend)
+
+`--quick` runs smaller versions of everything (about a minute); the full run takes a few minutes.
+See benchmarks/README.md for what each row measures and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the bench_* modules sit beside this file
+
+import bench_backend  # noqa: E402
+import bench_sheet  # noqa: E402
+import bench_sweep  # noqa: E402
+
+SECTIONS = {1: "sweep vs ideal", 2: "polling", 3: "naive loop", 4: "contact sheet", 5: "rerun", 6: "backend & overhead"}
+
+
+def machine() -> dict[str, str]:
+    """CPU model, cores, Python, OS and the zlab commit, for the report's header."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def _verdict(met: bool | None) -> str:
+    return "—" if met is None else "met" if met else "**missed**"
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    return [[str(r["section"]), r["figure"], _num(r["zlab"]), _num(r["baseline"]), r["unit"], str(r["ratio"]),
+             r["target"], _verdict(r["met"]).strip("*"), r.get("notes", "")] for r in rows]
+
+
+HEADER = ["#", "figure", "zlab", "baseline", "unit", "ratio", "target", "result", "notes"]
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    body = [[c for c in r[:8]] for r in table_rows(rows)]
+    widths = [max(len(x[i]) for x in [HEADER[:8], *body]) for i in range(8)]
+    for line in [HEADER[:8], ["-" * w for w in widths], *body]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(rows: list[dict[str, Any]], contenders: list[bench_sweep.Outcome], settings: dict[str, Any],
+             info: dict[str, str], quick: bool, took_s: float) -> str:
+    ideal, latency = settings["ideal_s"], settings["latency_s"]
+    out = [
+        "# zlab benchmark results",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}; {info['os']}.  ",
+        f"Date: {info['date']}; zlab commit {info['commit']}; {'quick' if quick else 'full'} run, "
+        f"{took_s:.0f} s in all.  ",
+        f"Command: `python benchmarks/run.py{' --quick' if quick else ''}` (what each row means: "
+        "[README.md](README.md)).",
+        "",
+        f"Sweep settings: {settings['cells']} cells of {settings['size']}, local server capacity "
+        f"C={settings['capacity']}, fixed latency L={latency:g} s, ideal ceil(N/C)·L = {ideal:g} s. "
+        "The server runs in its own process; every contender downloads and saves every image.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---" for _ in HEADER) + "|",
+    ]
+    for r, cells in zip(rows, table_rows(rows), strict=True):
+        cells[7] = _verdict(r["met"])
+        out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    missed = [r for r in rows if r["met"] is False]
+    out += ["", "## Targets missed", ""]
+    out += [f"- {r['figure']}: zlab {_num(r['zlab'])} {r['unit']}, target {r['target']}; {r['ratio']}."
+            for r in missed] or ["None."]
+    out += [
+        "",
+        "## Every polling contender (sections 1–3)",
+        "",
+        "Lag: time from the server finishing a job to the client holding the /result answer that says "
+        "`succeeded` (server `finished_mono` vs client `time.monotonic()`).",
+        "",
+        "| contender | wall s | × ideal | polls/image | calls (submit/status/result/file) | median lag ms "
+        "| % of L | p90 lag ms | max lag ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in contenders:
+        calls = "/".join(str(c.calls.get(k, 0)) for k in ("submit", "status", "result", "file"))
+        lag = [_num(round(x * 1000, 1)) if not math.isnan(x) else "—" for x in (c.median_lag, c.p90_lag, c.max_lag)]
+        pct = "—" if math.isnan(c.median_lag) else f"{100 * c.median_lag / latency:.1f}%"
+        out.append(f"| {c.name} | {c.wall_s:.2f} | {c.wall_s / ideal:.2f} | {c.polls_per_image:.2f} | {calls} | "
+                   f"{lag[0]} | {pct} | {lag[1]} | {lag[2]} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller versions of every benchmark (about a minute)")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the Markdown table")
+    args = parser.parse_args(argv)
+
+    def say(line: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f}s] {line}", flush=True)
+
+    start = time.perf_counter()
+    info = machine()
+    say(f"zlab benchmarks ({'quick' if args.quick else 'full'}) on {info['cpu']}, {info['cores']} cores, "
+        f"Python {info['python']}")
+    say("[1-3, 5/6] sweeps against the local server ...")
+    sweep_rows, contenders, settings = bench_sweep.run(args.quick, say=say)
+    say("[4/6] contact sheet vs matplotlib (bench_sheet) ...")
+    sheet_rows = [{"section": 4, **r} for r in bench_sheet.run(args.quick)]
+    for r in sheet_rows:
+        say(f"    {r['figure']}: zlab {r['zlab']} {r['unit']}, matplotlib {r['baseline']} {r['unit']}")
+        if isinstance(r["ratio"], int | float):
+            r["ratio"] = f"{r['ratio']:g}× (baseline / zlab)"
+    say("[6/6] synthetic backend and client overhead ...")
+    backend_rows = bench_backend.run(args.quick, say=say)
+    rows = sorted(sweep_rows + sheet_rows + backend_rows, key=lambda r: r["section"])
+    took = time.perf_counter() - start
+    print()
+    print_table(rows)
+    missed = [r["figure"] for r in rows if r["met"] is False]
+    print(f"\n{len(missed)} target(s) missed" + (": " + "; ".join(missed) if missed else ""))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(rows, contenders, settings, info, args.quick, took), encoding="utf-8")
+    say(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
