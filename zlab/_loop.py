@@ -59,11 +59,11 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     try:
         # Short slices, not one blocking wait: a SIGINT delivered to another thread only sets a flag,
         # which the main thread acts on when it next runs Python code.
-        while True:
-            try:
-                return future.result(timeout=0.1)
-            except concurrent.futures.TimeoutError:
-                continue
+        # (Not `result(timeout=…)` in a loop: its TimeoutError is the builtin one, which zlab's own
+        # WaitTimeout subclasses, so a job's timeout would be mistaken for "not done yet".)
+        while not future.done():
+            concurrent.futures.wait([future], timeout=0.1)
+        return future.result()
     except KeyboardInterrupt:
         finished = threading.Event()
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from zlab import errors
 from zlab.api import API
-from zlab.polling import Pacer, Track, next_running_start
+from zlab.polling import Pacer, Poll, Track, next_running_start
 from zlab.protocol import Outcome, Status
 from zlab.request import Request
 
@@ -48,51 +48,59 @@ async def follow(
     pacer: Pacer,
     *,
     deadline: float,
-    running_finishes: Callable[[], Sequence[float]] = tuple,
+    running_starts: Callable[[], Sequence[float]] = tuple,
     signal: Signal | None = None,
 ) -> Outcome:
-    """Poll until the job ends; return its /result outcome. Raises WaitTimeout at `deadline` (monotonic)."""
+    """Poll until the job ends; return its /result outcome. Raises WaitTimeout at `deadline` (monotonic).
+
+    `running_starts` gives when the caller's other running jobs started: from them the planner
+    learns the server's slots and predicts when a queued job will start.
+    """
     signal = signal or Signal()
     fetch_result_now = False
     while True:
         now = time.monotonic()
-        poll = pacer.plan(track, now, running_finishes())
-        at, endpoint = (now, "result") if fetch_result_now else (poll.at, poll.endpoint)
-        if at > deadline:
+        starts = running_starts()
+        pacer.see_running(len(starts))
+        poll = Poll(now, "result") if fetch_result_now else pacer.plan(track, now, starts)
+        if poll.at > deadline:
             await signal.sleep_until(deadline)
             if time.monotonic() >= deadline:
                 raise errors.WaitTimeout(
                     f"request {request_id} had not finished by its deadline", request_id=request_id
                 )
             continue
-        if at > now:
-            await signal.sleep_until(at)
-            if time.monotonic() < at - 0.001:  # woken early by a new estimate: plan again
+        if poll.at > now:
+            await signal.sleep_until(poll.at)
+            if time.monotonic() < poll.at - 0.001:  # woken early by a new estimate: plan again
                 continue
         now = time.monotonic()
         track.polls += 1
-        if endpoint == "status":
+        if poll.endpoint == "status":
             status = await api.status(request_id)
             fetch_result_now = status.terminal
-            _note(track, status.phase, status.queue_position, now)
+            _note(track, status.phase, status.queue_position, now, pacer, poll.start)
         else:
             outcome = await api.result(request_id)
             fetch_result_now = False
             if outcome.phase in ("succeeded", "failed", "cancelled"):
                 _learn(pacer, track, outcome, now)
-                if signal is not None and pacer.samples == 1:
+                if pacer.samples == 1:
                     signal.fire()
                 return outcome
-            _note(track, outcome.phase, None, now)
+            _note(track, outcome.phase, None, now, pacer, poll.start)
         track.last_poll = now
 
 
-def _note(track: Track, phase: str, position: int | None, now: float) -> None:
+def _note(
+    track: Track, phase: str, position: int | None, now: float, pacer: Pacer, predicted_start: float | None
+) -> None:
     if phase == "queued":
-        track.phase, track.position, track.early, track.queued_once = "queued", position, 0, True
+        track.phase, track.position, track.position_at = "queued", position, now
+        track.early, track.queued_once = 0, True
     elif phase == "running":
         if track.phase != "running":
-            track.started = next_running_start(track, now)
+            track.started = next_running_start(track, now, pacer, predicted_start)
             track.phase, track.position = "running", None
         else:
             track.early += 1
@@ -100,13 +108,16 @@ def _note(track: Track, phase: str, position: int | None, now: float) -> None:
 
 
 def _learn(pacer: Pacer, track: Track, outcome: Outcome, now: float) -> None:
-    """Learn run time only from jobs that never queued: their server-side span is pure running time."""
-    if outcome.phase != "succeeded" or track.queued_once:
-        return
+    """Record when the job held its slot; learn run time only from jobs that never queued (their
+    server-side span is pure running time)."""
+    span = None
     if outcome.created_at and outcome.finished_at:
-        pacer.learn((outcome.finished_at - outcome.created_at).total_seconds())
-    elif track.started is not None:
-        pacer.learn(now - track.started)
+        span = (outcome.finished_at - outcome.created_at).total_seconds()
+    if outcome.phase == "succeeded" and not track.queued_once:
+        pacer.learn(span if span is not None else now - (track.started or track.submitted))
+    started = track.started if track.started is not None else track.submitted
+    run_s = span if span is not None and not track.queued_once else pacer.run_s
+    pacer.finished(started, min(now, started + run_s) if run_s is not None else now)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

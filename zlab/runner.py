@@ -261,11 +261,8 @@ class _RunState:
         self.tracks: dict[str, Track] = {}
         self.submits: set[asyncio.Task[Any]] = set()
 
-    def running_finishes(self) -> list[float]:
-        run_s = self.client.pacer.run_s
-        if run_s is None:
-            return []
-        return [t.started + run_s for t in self.tracks.values() if t.phase == "running" and t.started is not None]
+    def running_starts(self) -> list[float]:
+        return [t.started for t in self.tracks.values() if t.phase == "running" and t.started is not None]
 
     async def run_all(self, todo: list[Cell], rows: dict[str, dict[str, Any]]) -> None:
         # Cells already accepted go first: they are running at the server and only need collecting.
@@ -346,12 +343,14 @@ class _RunState:
                 track,
                 self.client.pacer,
                 deadline=time.monotonic() + self.cell_timeout,
-                running_finishes=self.running_finishes,
+                running_starts=self.running_starts,
                 signal=self.signal,
             )
         except errors.NotFoundError as exc:  # the id expired or vanished: its result cannot be collected
+            self.tracks.pop(key, None)
             self._record(key, "running", "failed", f"{exc}; a rerun sends this cell again")
         except errors.ZlabError as exc:  # still accepted: a rerun polls it again, never resubmits
+            self.tracks.pop(key, None)
             self.ledger.update(key, error=f"not collected yet: {exc}")
             self.progress.move("running", "pending", finished=True)
         return None
