@@ -80,6 +80,13 @@ def test_a_queued_answer_without_position_asks_status_at_once():
     assert poll.endpoint == "status" and poll.at < 3.05
 
 
+def test_queued_jobs_wait_for_the_first_finish_instead_of_probing():
+    pacer = Pacer()
+    queued = Track(submitted=0.0, phase="queued", position=3, position_at=0.3, polls=1)
+    assert pacer.plan(queued, now=0.3, running_starts=[0.0, 0.0]).at == 0.3 + pacer.max_gap_s
+    assert pacer.plan(queued, now=0.3).at < 1.0  # alone, it probes
+
+
 def test_every_wait_is_capped():
     pacer = Pacer(max_gap_s=5.0)
     pacer.learn(100.0)

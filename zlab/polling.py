@@ -100,7 +100,9 @@ class Pacer:
             if track.position is None:  # /result said queued but not where: ask /status now
                 return Poll(now + self.min_gap_s, "status")
             if self.run_s is None:
-                return Poll(now + self._probe_s(track), "status")
+                # It cannot start before one of the caller's running jobs ends, and the first job to end
+                # wakes every waiter; only a caller with nothing running must probe.
+                return Poll(now + (self.max_gap_s if running_starts else self._probe_s(track)), "status")
             start = self.start_estimate(track.position, track.position_at or now, running_starts)
             return Poll(self._due(start, track, now), "result", start)
         if self.run_s is None:  # nothing learned yet: probe at growing intervals from the submit
