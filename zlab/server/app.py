@@ -321,31 +321,28 @@ def _maybe_drop(state: ServerState, fault: CallFault | None, response: Response)
     return DroppedResponse(state.faults.drop_mode, bytes(response.body))
 
 
-async def _status(request: HTTPRequest) -> Response:
+def _request_call(request: HTTPRequest, endpoint: str) -> tuple[ServerState, CallFault | None, Job]:
+    """The common start of /status, /result and /cancel: count, authorize, draw a fault, find the job."""
     state = _state(request)
-    state.stats.count_call("status")
+    state.stats.count_call(endpoint)
     owner = _authorize(request, state)
-    fault = _fault(state, "status")
-    job = _job(request, state, owner)
+    fault = _fault(state, endpoint)
+    return state, fault, _job(request, state, owner)
+
+
+async def _status(request: HTTPRequest) -> Response:
+    state, fault, job = _request_call(request, "status")
     body = status_body(job, state.scheduler.queue_position(job), str(request.base_url))
     return _maybe_drop(state, fault, JSONResponse(body))
 
 
 async def _result(request: HTTPRequest) -> Response:
-    state = _state(request)
-    state.stats.count_call("result")
-    owner = _authorize(request, state)
-    fault = _fault(state, "result")
-    job = _job(request, state, owner)
+    state, fault, job = _request_call(request, "result")
     return _maybe_drop(state, fault, JSONResponse(result_body(job, str(request.base_url))))
 
 
 async def _cancel(request: HTTPRequest) -> Response:
-    state = _state(request)
-    state.stats.count_call("cancel")
-    owner = _authorize(request, state)
-    fault = _fault(state, "cancel")
-    job = _job(request, state, owner)
+    state, fault, job = _request_call(request, "cancel")
     outcome = state.scheduler.cancel(job)
     body = {"request_id": job.request_id, "status": job.wire_status, "outcome": outcome}
     return _maybe_drop(state, fault, JSONResponse(body, status_code=202))
