@@ -43,8 +43,10 @@ def test_rerun_sends_nothing_and_other_dirs_use_the_cache(server, tmp_path):
         calls = dict(server.stats.calls)
         again = client.run(sweep(), tmp_path / "a", progress=False)
         assert server.stats.calls == calls and again.calls == {} and again.ok
-        elsewhere = client.run(sweep(), tmp_path / "b", progress=False)
+        lines = []
+        elsewhere = client.run(sweep(), tmp_path / "b", progress=False, echo=lines.append, budget=0.0)
         assert server.stats.calls == calls and elsewhere.df.cached.all() and elsewhere.ok
+        assert "6 from the cache" in lines[0] and "to send: 0 cells" in lines[0]  # and a $0 budget is enough
         fresh = client.run(sweep(), tmp_path / "c", progress=False, cache=False)
         assert server.stats.calls["submit"] == calls["submit"] + 6 and not fresh.df.cached.any()
 

@@ -148,11 +148,13 @@ async def run_sweep(
                 ledger.update(key, status="planned")
                 rows[key]["status"] = "planned"
         todo = [c for c in cells if not _finished(run, rows[c.key])]
-        to_pay = [c for c in todo if rows[c.key]["status"] in OPEN_STATES]
+        shared = _open_cache(client, cache)
+        unsent = [c for c in todo if rows[c.key]["status"] in OPEN_STATES]
+        to_pay = [c for c in unsent if shared is None or shared.lookup(c.key) is None]
         estimate = sweep.estimate(concurrency, price_per_mp=price, seconds_per_image=seconds, cells=to_pay)
         say(
             f"zlab: plan: {len(cells)} cells, {len(cells) - len(todo)} already done, "
-            f"{len(todo) - len(to_pay)} to collect, to send: {estimate}"
+            f"{len(unsent) - len(to_pay)} from the cache, {len(todo) - len(unsent)} to collect, to send: {estimate}"
         )
         if budget is not None and estimate.cost_usd > budget:
             raise errors.BudgetExceeded(
@@ -168,7 +170,7 @@ async def run_sweep(
             sweep,
             concurrency,
             cell_timeout,
-            _open_cache(client, cache),
+            shared,
             _Progress(len(cells), len(cells) - len(todo), progress),
         )
         waiting = {c.key for c in todo}
