@@ -24,7 +24,7 @@ import pandas as pd
 
 from zlab import errors
 from zlab.download import decode_image, fetch, image_suffix
-from zlab.jobs import Signal, follow
+from zlab.follow import Signal, follow
 from zlab.polling import Track
 from zlab.protocol import Outcome
 from zlab.sheet.thumbs import prime

@@ -44,6 +44,7 @@ from starlette.types import Receive, Scope, Send
 from zlab.errors import ValidationError
 from zlab.request import MODEL_ID, SIZE_RANGE, Request, input_problems
 from zlab.server import synthetic
+from zlab.server.backend import Renderer
 from zlab.server.faults import NO_FAULTS, CallFault, Dice, DropMode, Faults, decide_call, decide_file, decide_job
 from zlab.server.scheduler import Job, Latency, Scheduler, Stats
 
@@ -68,6 +69,7 @@ class ServerConfig:
     expire_after: float | None = None
     max_body: int = MAX_BODY
     cache_bytes: int = 256 << 20
+    renderer: Renderer | None = None  # None: synthetic images (see zlab.server.backend)
 
     @classmethod
     def make(cls, tokens: Iterable[str | None] = (), latency: str | float | Latency = 0.0, **kw: Any) -> ServerConfig:
@@ -81,7 +83,9 @@ class ServerState:
 
     def __init__(self, config: ServerConfig, faults: Faults = NO_FAULTS) -> None:
         self.config, self.stats = config, Stats()
-        self.scheduler = Scheduler(self.stats, config.capacity, config.latency, config.expire_after)
+        self.scheduler = Scheduler(
+            self.stats, config.capacity, config.latency, config.expire_after, renderer=config.renderer
+        )
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zlab-render")
         self.images = synthetic.ImageCache(self._executor, config.cache_bytes)
         self._lock = threading.Lock()
@@ -107,6 +111,8 @@ class ServerState:
         """Stop timers and the render threads (the server has stopped)."""
         self.scheduler.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.config.renderer is not None:
+            self.config.renderer.close()
 
 
 class _Refused(Exception):
@@ -197,7 +203,8 @@ def result_body(job: Job, base: str) -> dict[str, Any]:
         body["output"] = {"image": url}
         body["created_at"], body["finished_at"] = _iso(job.created_at), _iso(job.finished_at)
     elif job.state == "failed":
-        body["error"] = {"code": "generation_failed", "message": "the synthetic backend failed this job (injected)"}
+        message = job.error or "the synthetic backend failed this job (injected)"
+        body["error"] = {"code": "generation_failed", "message": message}
     return body
 
 
@@ -368,6 +375,8 @@ async def _output_file(request: HTTPRequest) -> Response:
         status_code = {"file_error": 500, "file_unavailable": 503, "file_missing": 404}[fault]
         return error(status_code, status_code, f"output file unavailable (injected {fault}); retry later")
     kind, gen = job.bad_output, job.request
+    if job.output is not None and kind is None:  # a Renderer made this job's image
+        return Response(job.output.data, media_type=job.output.media_type)
     if kind == "wrong_type":
         return Response(synthetic.WRONG_TYPE_HTML, media_type="text/html; charset=utf-8")
     if kind == "bomb":

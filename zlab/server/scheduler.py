@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from zlab.errors import ConfigError
 from zlab.request import MODEL_ID, Request, request_key
+from zlab.server.backend import Rendered, Renderer
 from zlab.server.faults import BadOutput
 
 JobState = Literal["in_queue", "in_progress", "succeeded", "failed", "cancelled"]
@@ -192,6 +193,9 @@ class Job:
     finished_at: float | None = None
     finished_mono: float | None = None
     timer: asyncio.TimerHandle | None = None
+    task: asyncio.Task[None] | None = None  # a Renderer's render, while it runs
+    output: Rendered | None = None  # what a Renderer made (the synthetic backend draws on fetch instead)
+    error: str | None = None  # why a Renderer's render failed
 
     @property
     def wire_status(self) -> WireStatus:
@@ -222,12 +226,18 @@ class Scheduler:
     """Runs jobs on the current event loop: `capacity` at once, FIFO queue, latency from `latency`."""
 
     def __init__(
-        self, stats: Stats, capacity: int = 4, latency: Latency | None = None, expire_after: float | None = None
+        self,
+        stats: Stats,
+        capacity: int = 4,
+        latency: Latency | None = None,
+        expire_after: float | None = None,
+        renderer: Renderer | None = None,
     ) -> None:
         if capacity < 1:
             raise ConfigError(f"capacity must be at least 1 (got {capacity})")
         self.stats, self.capacity, self.expire_after = stats, capacity, expire_after
         self.latency = latency or Latency()
+        self.renderer = renderer  # None: the synthetic backend (latency model, image drawn on fetch)
         self._jobs: dict[str, Job] = {}  # insertion order is creation order: pruning pops from the front
         self._queue: list[int] = []  # tickets of queued jobs, ascending: position is a bisect away
         self._by_ticket: dict[int, Job] = {}
@@ -298,6 +308,8 @@ class Scheduler:
         for job in self._jobs.values():
             if job.timer is not None:
                 job.timer.cancel()
+            if job.task is not None:
+                job.task.cancel()
 
     def _expired(self, job: Job, now: float) -> bool:
         return self.expire_after is not None and now - job.created_mono > self.expire_after
@@ -324,9 +336,25 @@ class Scheduler:
             job = self._by_ticket.pop(self._queue.pop(0))
             job.state, job.started_at = "in_progress", time.time()
             self._running += 1
-            # A timer on the loop, not a sleeping task: it fires at start + latency to the millisecond.
-            job.timer = loop.call_at(loop.time() + job.latency, self._complete, job)
+            if self.renderer is not None:
+                job.task = loop.create_task(self._render(job, self.renderer))
+            else:
+                # A timer on the loop, not a sleeping task: it fires at start + latency to the millisecond.
+                job.timer = loop.call_at(loop.time() + job.latency, self._complete, job)
             self.stats.record_job(job.times())
+
+    async def _render(self, job: Job, renderer: Renderer) -> None:
+        """Run a real render; the job ends when it does (a failure fails the job with its message)."""
+        started = time.monotonic()
+        try:
+            job.output = await renderer.render(job.request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any renderer failure is this job's failure, never the server's
+            job.will_fail, job.error = True, f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+        job.latency = time.monotonic() - started
+        job.task = None
+        self._complete(job)
 
     def _complete(self, job: Job) -> None:
         self._running -= 1
