@@ -65,8 +65,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--token", help="require this bearer token (the local server's, not your RunComfy key)")
     serve.add_argument("--latency", default="1.0", help='seconds per job: "1.5" or base+per-megapixel "0.5+0.8/mp"')
-    serve.add_argument("--capacity", type=int, default=4, help="jobs running at once; the rest queue")
+    serve.add_argument(
+        "--capacity", default="4", help='jobs running at once (the rest queue), or a schedule "4,8@5,16@10"'
+    )
     serve.add_argument("--expire-after", type=float, help="request ids older than this many seconds answer 404")
+    serve.add_argument(
+        "--quirk",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="speak a protocol variant (repeatable): not_ready_400, position_1based, output_list, strict, ...",
+    )
+    serve.add_argument("--other-load", type=float, default=0.0, help="other users' jobs, a fraction of capacity")
+    serve.add_argument("--burst", default="", metavar="N/S", help="besides, N of their jobs at once every S seconds")
+    serve.add_argument("--other-seconds", type=float, help="their jobs' run time (default: the latency at 1 MP)")
+    serve.add_argument("--jitter", type=float, default=0.0, help="run times vary lognormally with this sigma")
+    serve.add_argument("--cold-factor", type=float, default=1.0, help="the first jobs run this many times slower")
+    serve.add_argument("--cold-jobs", type=int, help="how many jobs start cold (default: the first wave)")
+    serve.add_argument("--seed", type=int, default=0, help="seed for the queue regime's draws")
 
     generate = commands.add_parser("generate", help="generate one image to a file")
     generate.add_argument("prompt")
@@ -140,7 +156,19 @@ def _report(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from zlab.server import serve
+    from zlab.server.regime import Regime, parse_burst
 
+    burst_size, burst_every = parse_burst(args.burst)
+    regime = Regime(
+        other_load=args.other_load,
+        burst_size=burst_size,
+        burst_every=burst_every,
+        other_seconds=args.other_seconds,
+        jitter=args.jitter,
+        cold_factor=args.cold_factor,
+        cold_jobs=args.cold_jobs,
+        seed=args.seed,
+    )
     serve(
         host=args.host,
         port=args.port,
@@ -148,6 +176,8 @@ def _serve(args: argparse.Namespace) -> int:
         latency=args.latency,
         capacity=args.capacity,
         expire_after=args.expire_after,
+        quirks=args.quirk,
+        regime=regime,
     )
     return 0
 

@@ -6,7 +6,12 @@ Routes (shapes, codes and quirks as in `runcomfy-api.md`):
     GET  /v1/requests/{id}/status           → 200 {request_id, status, queue_position?, status_url, result_url}
     GET  /v1/requests/{id}/result           → 200 in every state (succeeded / in_queue / failed / ...)
     POST /v1/requests/{id}/cancel           → 202 {request_id, status, outcome}
-    GET  /files/{id}/image.png              the output PNG, without auth (like a CDN)
+    GET  /files/{id}/image.png              the output PNG, without auth (like a CDN); .jpg / .webp too
+    GET  /{seg}=/{seg}=/output/{id}_output.png   the `redirect_files` quirk's CDN-shaped URL → 302
+    GET  /redirect/{id}/{name}              the second hop → 302 to /files/...
+
+Protocol variants (`quirks.Quirks`) and faults (`faults.Faults`) are switched live; the decisions
+are pure functions in those modules, applied here. Request ids are URL-quoted in every URL built.
 
 Errors are `{"error_code", "error_message", "detail"?}`: 401/400004 bad token, 403/403001 another
 token's job, 404/400001 unknown model, 404/404001 unknown or expired id, 422/422 schema violation
@@ -21,142 +26,51 @@ the token that submitted it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import hmac
 import json
 import re
-import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from zlab.errors import ValidationError
 from zlab.request import MODEL_ID, SIZE_RANGE, Request, input_problems
+from zlab.server import quirks as q
 from zlab.server import synthetic
-from zlab.server.backend import Renderer
-from zlab.server.faults import NO_FAULTS, CallFault, Dice, DropMode, Faults, decide_call, decide_file, decide_job
-from zlab.server.scheduler import Job, Latency, Scheduler, Stats
+from zlab.server.faults import (
+    CallFault,
+    decide_call,
+    decide_file,
+    decide_job,
+    file_expired,
+    not_yet_visible,
+    odd_request_id,
+)
+from zlab.server.quirks import Quirks
+from zlab.server.responses import RAW_SEND, DroppedResponse, error, from_answer, trickled
+from zlab.server.responses import Refused as _Refused
+from zlab.server.scheduler import Job, new_request_id
+from zlab.server.state import MAX_BODY, ServerConfig, ServerState, token_hash
 
-MAX_BODY = 1 << 20
 OUTPUT_NAME = "image.png"
+FILE_NAMES = frozenset(f"image.{ext}" for ext in q.EXTENSIONS.values())
 _DRAIN_LIMIT = 16 << 20  # read (and discard) this much of an oversized body so the client sees the 413
-_RAW_SEND = "zlab.raw_send"
-
-
-def token_hash(token: str) -> str:
-    """What the server keeps of a token: enough to recognise it, useless to replay."""
-    return hashlib.sha256(token.encode()).hexdigest()[:32]
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
-    """The server's fixed settings. Build with `ServerConfig.make(tokens=...)` to hash tokens."""
-
-    token_hashes: frozenset[str] = frozenset()  # empty: no auth (any or no bearer token is accepted)
-    capacity: int = 4
-    latency: Latency = dataclasses.field(default_factory=Latency)
-    expire_after: float | None = None
-    max_body: int = MAX_BODY
-    cache_bytes: int = 256 << 20
-    renderer: Renderer | None = None  # None: synthetic images (see zlab.server.backend)
-
-    @classmethod
-    def make(cls, tokens: Iterable[str | None] = (), latency: str | float | Latency = 0.0, **kw: Any) -> ServerConfig:
-        """Settings from plain values: tokens are hashed at once (None and "" are skipped)."""
-        hashes = frozenset(token_hash(t) for t in tokens if t)
-        return cls(token_hashes=hashes, latency=Latency.parse(latency), **kw)
-
-
-class ServerState:
-    """What the app shares with its owner: config, scheduler, stats, image cache, current faults."""
-
-    def __init__(self, config: ServerConfig, faults: Faults = NO_FAULTS) -> None:
-        self.config, self.stats = config, Stats()
-        self.scheduler = Scheduler(
-            self.stats, config.capacity, config.latency, config.expire_after, renderer=config.renderer
-        )
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zlab-render")
-        self.images = synthetic.ImageCache(self._executor, config.cache_bytes)
-        self._lock = threading.Lock()
-        self.set_faults(faults)
-
-    @property
-    def faults(self) -> Faults:
-        """The fault settings in force now."""
-        return self._faults
-
-    def set_faults(self, faults: Faults) -> None:
-        """Switch faults now (from any thread); the dice restart from `faults.seed`."""
-        with self._lock:
-            self._faults, self._dice = faults, Dice(faults.seed)
-
-    def draw(self) -> float:
-        """The next uniform draw in [0, 1) from the current dice."""
-        with self._lock:
-            dice = self._dice
-        return dice.draw()
-
-    def close(self) -> None:
-        """Stop timers and the render threads (the server has stopped)."""
-        self.scheduler.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        if self.config.renderer is not None:
-            self.config.renderer.close()
-
-
-class _Refused(Exception):
-    """Stop handling a call and answer `response` (auth, lookups, body checks, injected faults)."""
-
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-def error(status: int, code: int, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> Response:
-    """An error answer in RunComfy's shape: `{"error_code", "error_message", "detail"?}`."""
-    body: dict[str, Any] = {"error_code": code, "error_message": message}
-    if detail is not None:
-        body["detail"] = detail
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class DroppedResponse(Response):
-    """Not an answer: cut the connection, with no response (`close`) or after half of `body` (`truncate`).
-
-    Needs uvicorn: the cut goes through the transport behind uvicorn's own `send`, which the
-    outermost layer (`_App`) leaves in the scope, because Starlette's middleware wraps `send`.
-    """
-
-    def __init__(self, mode: DropMode, body: bytes) -> None:
-        super().__init__(body, media_type="application/json")
-        self.mode = mode
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_send = scope[_RAW_SEND]
-        cycle = getattr(raw_send, "__self__", None)
-        transport = getattr(cycle, "transport", None)
-        if transport is None:
-            raise RuntimeError("dropping a connection needs uvicorn (run the app with LocalServer or serve)")
-        if self.mode == "truncate":
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
-            await raw_send({"type": "http.response.start", "status": 200, "headers": headers})
-            await raw_send({"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True})
-        transport.close()
-        # Let uvicorn see the disconnect before we return, or it would answer 500 on the dead connection.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        while not getattr(cycle, "disconnected", True) and loop.time() < deadline:
-            await asyncio.sleep(0.001)
+__all__ = ["MAX_BODY", "DroppedResponse", "ServerConfig", "ServerState", "create_app", "error", "token_hash"]
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -179,37 +93,72 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _quoted(request_id: str) -> str:
+    return quote(request_id, safe="")  # ids are opaque: `.`, `:`, `?`, `#`, `%`, space all get quoted
+
+
 def _urls(base: str, request_id: str) -> dict[str, str]:
-    root = f"{base}v1/requests/{request_id}"
+    root = f"{base}v1/requests/{_quoted(request_id)}"
     return {"status_url": f"{root}/status", "result_url": f"{root}/result", "cancel_url": f"{root}/cancel"}
 
 
-def status_body(job: Job, position: int | None, base: str) -> dict[str, Any]:
-    """The /status answer: a failed job says `completed` here, as on RunComfy."""
+def status_body(job: Job, position: int | None, base: str, quirks: Quirks = Quirks()) -> dict[str, Any]:  # noqa: B008
+    """The /status answer: a failed job says `completed` here, as on RunComfy (`failed` with `status_failed`)."""
     urls = _urls(base, job.request_id)
-    body: dict[str, Any] = {"request_id": job.request_id, "status": job.wire_status}
-    if position is not None:
-        body["queue_position"] = position
-    return body | {"status_url": urls["status_url"], "result_url": urls["result_url"]}
+    body: dict[str, Any] = {"request_id": job.request_id, "status": q.status_word(quirks, job.state)}
+    body |= q.position_field(quirks, job.state, position)
+    if job.state == "failed" and quirks.status_failed:
+        body["error"] = q.STATUS_FAILED_ERROR
+    return q.success(quirks, body | {"status_url": urls["status_url"], "result_url": urls["result_url"]})
 
 
-def result_body(job: Job, base: str) -> dict[str, Any]:
+def output_url(base: str, job: Job, quirks: Quirks) -> str:
+    """Where a finished job's file is: on this host, or CDN-shaped on a second host name (`redirect_files`)."""
+    ext = q.EXTENSIONS[quirks.file_format]
+    if not quirks.redirect_files:
+        return f"{base}files/{_quoted(job.request_id)}/image.{ext}"
+    scheme, _, rest = base.partition("://")
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    other = f"{scheme}://{q.second_host(host)}{colon}{port}/"
+    digest = hashlib.sha256(job.request_id.encode()).digest()
+    seg1, seg2 = (base64.urlsafe_b64encode(part).decode().replace("=", "%3D") for part in (digest[:5], digest[5:15]))
+    return f"{other}{seg1}/{seg2}/output/{_quoted(job.request_id)}_output.{ext}"
+
+
+def result_body(job: Job, base: str, quirks: Quirks = Quirks()) -> dict[str, Any]:  # noqa: B008
     """The /result answer: `succeeded` with the output URL, `failed` with an error, or the current state."""
-    body: dict[str, Any] = {"request_id": job.request_id, "status": job.state}
+    body: dict[str, Any] = {"request_id": job.request_id, "status": q.result_word(quirks, job.state)}
     if job.state == "succeeded":
-        url = f"{base}files/{job.request_id}/{OUTPUT_NAME}"
+        url = output_url(base, job, quirks)
         if job.bad_output == "non_http_url":
             url = "file:///etc/passwd"
-        body["output"] = {"image": url}
+        body["output"] = q.output_value(quirks, url)
         body["created_at"], body["finished_at"] = _iso(job.created_at), _iso(job.finished_at)
+        if job.output is not None and job.output.info:  # a real backend says how it made the image
+            body["backend"] = dict(job.output.info)
     elif job.state == "failed":
-        message = job.error or "the synthetic backend failed this job (injected)"
-        body["error"] = {"code": "generation_failed", "message": message}
-    return body
+        default = q.STATUS_FAILED_ERROR if quirks.status_failed else "the synthetic backend failed this job (injected)"
+        body["error"] = q.failure_error(quirks, job.error or default)
+    return q.success(quirks, body)
 
 
 def _state(request: HTTPRequest) -> ServerState:
     return request.app.state.zlab
+
+
+def _quirk_call(state: ServerState, endpoint: str) -> None:
+    """A load balancer's 503 page or a rate limiter's 429 in front of the service (`html_503`, `rate_limit*`)."""
+    quirks = state.quirks
+    if not (quirks.html_503 or quirks.rate_limit or quirks.rate_limit_bare):
+        return
+    kind = q.decide_call(quirks, endpoint, state.quirk_draw())
+    if kind is None:
+        return
+    state.stats.count_fault(kind)
+    if kind == "html_503":
+        raise _Refused(from_answer(q.html_503()))
+    headers = {"Retry-After": f"{state.faults.retry_after:g}"} if kind == "rate_limited" else None
+    raise _Refused(error(429, 429, "rate limited; back off and retry", headers=headers))
 
 
 def _authorize(request: HTTPRequest, state: ServerState) -> str | None:
@@ -221,8 +170,7 @@ def _authorize(request: HTTPRequest, state: ServerState) -> str | None:
     token = token.strip()
     digest = token_hash(token) if scheme.lower() == "bearer" and token else ""
     if not digest or not any(hmac.compare_digest(digest, known) for known in accepted):
-        message = "missing, expired or revoked token: send 'Authorization: Bearer <token>' with an accepted token"
-        raise _Refused(error(401, 400004, message, headers={"WWW-Authenticate": "Bearer"}))
+        raise _Refused(from_answer(q.refused_token(state.quirks)))
     return digest
 
 
@@ -256,6 +204,10 @@ def _job(request: HTTPRequest, state: ServerState, owner: str | None) -> Job:
         raise _Refused(error(404, 404001, message))
     if owner is not None and job.token_hash != owner:
         raise _Refused(error(403, 403001, "this request belongs to another user; use the token that submitted it"))
+    job.polls += 1
+    if not_yet_visible(state.faults, job.polls, asyncio.get_running_loop().time() - job.created_mono):
+        state.stats.count_fault("eventual_404")
+        raise _Refused(error(404, 404001, f"no request {_short(request_id, 40)!r} (not visible yet: injected)"))
     return job
 
 
@@ -304,6 +256,7 @@ def _parse_input(body: bytes) -> Request:
 async def _submit(request: HTTPRequest) -> Response:
     state = _state(request)
     state.stats.count_call("submit")
+    _quirk_call(state, "submit")
     owner = _authorize(request, state)
     model_id = request.path_params["model_id"]
     if model_id != MODEL_ID:
@@ -311,27 +264,50 @@ async def _submit(request: HTTPRequest) -> Response:
     body = await _read_body(request, state.config.max_body)
     fault = _fault(state, "submit")
     generation = _parse_input(body)
-    faults = state.faults
+    quirks, faults = state.quirks, state.faults
+    broke = q.balance_refusal(quirks, state.accepted)
+    if broke is not None:
+        raise _Refused(from_answer(broke))
     will_fail = decide_job(faults, state.draw())
-    job = state.scheduler.submit(generation, owner, will_fail=will_fail, bad_output=faults.bad_output)
-    answer = {"request_id": job.request_id, **_urls(str(request.base_url), job.request_id)}
+    width, height = q.snapped(quirks, generation.width, generation.height)
+    rendered = generation.replace(width=width, height=height) if quirks.snap > 1 else None
+    request_id = odd_request_id(faults.odd_ids, new_request_id()) if faults.odd_ids else None
+    job = state.scheduler.submit(
+        generation, owner, will_fail=will_fail, bad_output=faults.bad_output, request_id=request_id, render_as=rendered
+    )
+    state.accepted += 1
+    answer = q.success(quirks, {"request_id": job.request_id, **_urls(str(request.base_url), job.request_id)})
     if fault == "drop_submit_after":
         state.stats.count_fault(fault)
         return DroppedResponse(faults.drop_mode, json.dumps(answer).encode())
+    if quirks.submit_5xx_after_accept and state.quirk_draw() < quirks.submit_5xx_after_accept:
+        state.stats.count_fault("submit_5xx_after_accept")
+        state.gateway_turn += 1
+        return from_answer(q.gateway_error(state.gateway_turn - 1))
     return JSONResponse(answer)
+
+
+def _json(state: ServerState, endpoint: str, body: dict[str, Any], status: int = 200) -> Response:
+    """A JSON answer, trickled one byte at a time when the `trickle` fault covers `endpoint`."""
+    faults = state.faults
+    if faults.trickle and endpoint in faults.trickle_on:
+        state.stats.count_fault("trickle")
+        return trickled(json.dumps(body).encode(), faults.trickle, "application/json", status)
+    return JSONResponse(body, status_code=status)
 
 
 def _maybe_drop(state: ServerState, fault: CallFault | None, response: Response) -> Response:
     if fault != "drop_poll":
         return response
     state.stats.count_fault(fault)
-    return DroppedResponse(state.faults.drop_mode, bytes(response.body))
+    return DroppedResponse(state.faults.drop_mode, bytes(getattr(response, "body", b"")))
 
 
 def _request_call(request: HTTPRequest, endpoint: str) -> tuple[ServerState, CallFault | None, Job]:
     """The common start of /status, /result and /cancel: count, authorize, draw a fault, find the job."""
     state = _state(request)
     state.stats.count_call(endpoint)
+    _quirk_call(state, endpoint)
     owner = _authorize(request, state)
     fault = _fault(state, endpoint)
     return state, fault, _job(request, state, owner)
@@ -339,20 +315,30 @@ def _request_call(request: HTTPRequest, endpoint: str) -> tuple[ServerState, Cal
 
 async def _status(request: HTTPRequest) -> Response:
     state, fault, job = _request_call(request, "status")
-    body = status_body(job, state.scheduler.queue_position(job), str(request.base_url))
-    return _maybe_drop(state, fault, JSONResponse(body))
+    body = status_body(job, state.scheduler.queue_position(job), str(request.base_url), state.quirks)
+    return _maybe_drop(state, fault, _json(state, "status", body))
 
 
 async def _result(request: HTTPRequest) -> Response:
     state, fault, job = _request_call(request, "result")
-    return _maybe_drop(state, fault, JSONResponse(result_body(job, str(request.base_url))))
+    early = q.not_ready(state.quirks, job.state)
+    if early is not None:
+        return _maybe_drop(state, fault, from_answer(early))
+    return _maybe_drop(state, fault, _json(state, "result", result_body(job, str(request.base_url), state.quirks)))
 
 
 async def _cancel(request: HTTPRequest) -> Response:
     state, fault, job = _request_call(request, "cancel")
+    quirks = state.quirks
     outcome = state.scheduler.cancel(job)
-    body = {"request_id": job.request_id, "status": job.wire_status, "outcome": outcome}
-    return _maybe_drop(state, fault, JSONResponse(body, status_code=202))
+    if quirks.cancel_empty:
+        return _maybe_drop(state, fault, Response(status_code=202))
+    body = {
+        "request_id": job.request_id,
+        "status": q.status_word(quirks, job.state),
+        "outcome": q.cancelled_word(quirks, outcome),
+    }
+    return _maybe_drop(state, fault, JSONResponse(q.success(quirks, body), status_code=202))
 
 
 def _other_size(size: int) -> int:
@@ -360,13 +346,48 @@ def _other_size(size: int) -> int:
     return size // 2 if size // 2 >= SIZE_RANGE[0] else size * 2
 
 
+def _file_job(request: HTTPRequest, state: ServerState, route: str, request_id: str) -> Job:
+    """The start of every file-host route: count, note a token sent where none belongs, find a live file."""
+    state.stats.count_call(route)
+    if "authorization" in request.headers:  # file hosts are not the API: a client must never send its token here
+        state.stats.count_file_auth()
+    job = state.scheduler.get(request_id)
+    if job is None or job.state != "succeeded":
+        raise _Refused(error(404, 404001, "no such file: unknown, unfinished or expired request"))
+    if job.finished_mono is not None and file_expired(state.faults, time.monotonic() - job.finished_mono):
+        state.stats.count_fault("file_expired")
+        raise _Refused(error(404, 404, "the output URL has expired (injected); fetch the result again later"))
+    return job
+
+
+def _primary_base(request: HTTPRequest) -> str:
+    """This server's base URL on the API's host name (undoing `second_host`)."""
+    url = request.base_url
+    return str(url.replace(hostname=q.second_host(url.hostname or "127.0.0.1")))
+
+
+async def _cdn_file(request: HTTPRequest) -> Response:
+    """The `redirect_files` URL, `/<seg>=/<seg>=/output/<id>_output.<ext>`: the first of two redirects."""
+    request_id, _, ext = request.path_params["name"].rpartition("_output.")
+    job = _file_job(request, _state(request), "file_redirect", request_id)
+    location = f"{_primary_base(request)}redirect/{_quoted(job.request_id)}/image.{ext}"
+    return RedirectResponse(location, status_code=302)
+
+
+async def _redirect_hop(request: HTTPRequest) -> Response:
+    """The second redirect, to the file itself (also the other half of the `redirect_loop` fault)."""
+    job = _file_job(request, _state(request), "file_redirect", request.path_params["request_id"])
+    location = f"{request.base_url}files/{_quoted(job.request_id)}/{request.path_params['name']}"
+    return RedirectResponse(location, status_code=302)
+
+
 async def _output_file(request: HTTPRequest) -> Response:
     state = _state(request)
-    state.stats.count_call("file")
-    job = state.scheduler.get(request.path_params["request_id"])
-    if job is None or job.state != "succeeded" or request.path_params["name"] != OUTPUT_NAME:
+    job = _file_job(request, state, "file", request.path_params["request_id"])
+    name = request.path_params["name"]
+    if name not in FILE_NAMES:
         return error(404, 404001, "no such file: unknown, unfinished or expired request")
-    faults = state.faults
+    faults, quirks = state.faults, state.quirks
     fault = decide_file(faults, state.draw())
     if faults.file_delay:
         await asyncio.sleep(faults.file_delay)
@@ -374,21 +395,38 @@ async def _output_file(request: HTTPRequest) -> Response:
         state.stats.count_fault(fault)
         status_code = {"file_error": 500, "file_unavailable": 503, "file_missing": 404}[fault]
         return error(status_code, status_code, f"output file unavailable (injected {fault}); retry later")
+    if faults.file_problem is not None:  # decided now, not at submit: clearing the fault heals this same job
+        state.stats.count_fault(faults.file_problem)
+        if faults.file_problem == "redirect_loop":
+            return RedirectResponse(f"{request.base_url}redirect/{_quoted(job.request_id)}/{name}", status_code=302)
+        if faults.file_problem == "html_200":
+            return Response(synthetic.WRONG_TYPE_HTML, media_type="text/html; charset=utf-8")
+        return Response(b"", media_type=q.media_type(quirks))
     kind, gen = job.bad_output, job.request
     if job.output is not None and kind is None:  # a Renderer made this job's image
-        return Response(job.output.data, media_type=job.output.media_type)
+        generic = quirks.generic_content_type
+        return Response(job.output.data, media_type=q.media_type(quirks) if generic else job.output.media_type)
     if kind == "wrong_type":
         return Response(synthetic.WRONG_TYPE_HTML, media_type="text/html; charset=utf-8")
     if kind == "bomb":
         return Response(synthetic.bomb_png(), media_type="image/png")
     if kind == "wrong_size":
         gen = gen.replace(width=_other_size(gen.width), height=_other_size(gen.height))
-    png = await state.images.get((job.request_id, kind == "wrong_size"), functools.partial(synthetic.render_png, gen))
+    fmt = _FORMATS[name] if kind is None else "png"  # the malformed outputs are all PNG-based
+    key = (job.request_id, kind == "wrong_size", fmt)
+    data = await state.images.get(key, functools.partial(synthetic.render_bytes, gen, fmt))
     if kind == "truncated":
-        return Response(png[: len(png) // 2], media_type="image/png")
+        return Response(data[: len(data) // 2], media_type="image/png")
     if kind == "oversized":  # streamed with no Content-Length: only a client-side size cap stops it
-        return StreamingResponse(synthetic.oversized_png_chunks(png, faults.oversized_bytes), media_type="image/png")
-    return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+        return StreamingResponse(synthetic.oversized_png_chunks(data, faults.oversized_bytes), media_type="image/png")
+    media = q.media_type(dataclasses.replace(quirks, file_format=fmt))
+    if faults.trickle and "file" in faults.trickle_on:
+        state.stats.count_fault("trickle")
+        return trickled(data, faults.trickle, media)
+    return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+
+
+_FORMATS: dict[str, q.FileFormat] = {f"image.{ext}": fmt for fmt, ext in q.EXTENSIONS.items()}
 
 
 async def _http_error(request: HTTPRequest, exc: Exception) -> Response:
@@ -409,7 +447,7 @@ class _App(Starlette):
     """Starlette, plus uvicorn's own `send` in the scope so `DroppedResponse` can cut the connection."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[_RAW_SEND] = send
+        scope[RAW_SEND] = send
         await super().__call__(scope, receive, send)
 
 
@@ -421,8 +459,16 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/requests/{request_id}/result", _result, methods=["GET"]),
         Route("/v1/requests/{request_id}/cancel", _cancel, methods=["POST"]),
         Route("/files/{request_id}/{name}", _output_file, methods=["GET"]),
+        Route("/redirect/{request_id}/{name}", _redirect_hop, methods=["GET"]),
+        Route("/{seg1}/{seg2}/output/{name}", _cdn_file, methods=["GET"]),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.started()
+        yield
+
     handlers = {_Refused: _refused, HTTPException: _http_error, Exception: _internal}
-    app = _App(routes=routes, exception_handlers=handlers)
+    app = _App(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.zlab = state
     return app

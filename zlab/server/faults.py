@@ -25,6 +25,18 @@ What a client sees for each fault:
     file_delay          the output file waits this many seconds before answering
     bad_output          every job accepted while set has this malformed output (see `BadOutput`)
 
+Hostile switches (decided when each call or file fetch arrives, so clearing them heals the same job):
+
+    eventual_404_calls / eventual_404_seconds   a fresh job's first K polls, or its polls in its first
+                        T seconds, answer 404 / 404001 (eventual consistency behind a load balancer)
+    odd_ids             new request ids with punctuation (`punct`: `.`, `:`, `~`, `!`, `$`, ...,
+                        `%`, `?`, `#`, space; never `/`) or 256 characters long (`long`)
+    file_problem        a finished job's file answers 200 with an HTML page (`html_200`), 200 with
+                        0 bytes (`empty`), or 302 redirects that loop forever (`redirect_loop`)
+    file_expire_after   output URLs answer 404 once this many seconds have passed since the job finished
+    trickle             status/result bodies and files (those in `trickle_on`) arrive one byte every
+                        `trickle` seconds, with the full Content-Length announced
+
 A drop either closes the connection with no response (`drop_mode="close"`) or sends the headers
 and half the body, then closes (`"truncate"`); httpx raises a protocol or read error for both.
 """
@@ -52,6 +64,9 @@ CallFault = Literal[
 FileFault = Literal["file_error", "file_unavailable", "file_missing"]
 DropMode = Literal["close", "truncate"]
 BadOutput = Literal["truncated", "wrong_type", "bomb", "oversized", "wrong_size", "non_http_url"]
+FileProblem = Literal["html_200", "empty", "redirect_loop"]
+OddIds = Literal["punct", "long"]
+TrickleTarget = Literal["status", "result", "file"]
 """Malformed outputs: `truncated` (half a PNG), `wrong_type` (an HTML page served as text/html),
 `bomb` (a tiny PNG declaring 100000×100000), `oversized` (a valid PNG padded to `oversized_bytes`,
 sent without Content-Length), `wrong_size` (a valid image at half the asked size), `non_http_url`
@@ -102,14 +117,31 @@ class Faults:
     file_delay: float = 0.0
     bad_output: BadOutput | None = None
     oversized_bytes: int = 64 << 20
+    eventual_404_calls: int = 0
+    eventual_404_seconds: float = 0.0
+    odd_ids: OddIds | None = None
+    file_problem: FileProblem | None = None
+    file_expire_after: float | None = None
+    trickle: float = 0.0
+    trickle_on: tuple[TrickleTarget, ...] = ("status", "result", "file")
 
     def __post_init__(self) -> None:
         for name in PROBABILITIES:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"Faults.{name} is a probability: give a number from 0 to 1, not {value!r}")
-        if self.retry_after < 0 or self.file_delay < 0:
-            raise ConfigError("Faults.retry_after and Faults.file_delay are seconds: give a number >= 0")
+        for name in ("retry_after", "file_delay", "eventual_404_seconds", "trickle", "file_expire_after"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"Faults.{name} is seconds: give a number >= 0")
+        if self.eventual_404_calls < 0:
+            raise ConfigError("Faults.eventual_404_calls is a number of polls: give a number >= 0")
+        object.__setattr__(self, "trickle_on", tuple(self.trickle_on))
+        choices = (("odd_ids", OddIds), ("file_problem", FileProblem))
+        for name, kind in choices:
+            if getattr(self, name) is not None and getattr(self, name) not in get_args(kind):
+                raise ConfigError(f"Faults.{name} must be one of {', '.join(get_args(kind))} or None")
+        if set(self.trickle_on) - set(get_args(TrickleTarget)):
+            raise ConfigError(f"Faults.trickle_on: choose from {', '.join(get_args(TrickleTarget))}")
         object.__setattr__(self, "endpoints", tuple(self.endpoints))
         unknown = set(self.endpoints) - set(ENDPOINTS)
         if unknown:
@@ -160,6 +192,30 @@ def decide_call(faults: Faults, endpoint: str, draw: float) -> CallFault | None:
 def decide_job(faults: Faults, draw: float) -> bool:
     """Whether a newly accepted job will fail when it runs."""
     return draw < faults.job_failure
+
+
+def not_yet_visible(faults: Faults, polls: int, age: float) -> bool:
+    """Whether a job's poll number `polls` (1 for its first), `age` seconds after creation, answers 404."""
+    return polls <= faults.eventual_404_calls or age < faults.eventual_404_seconds
+
+
+def file_expired(faults: Faults, since_finished: float) -> bool:
+    """Whether an output URL has expired `since_finished` seconds after its job finished."""
+    return faults.file_expire_after is not None and since_finished >= faults.file_expire_after
+
+
+_PUNCT = ".:~!$&'()*+,;=@%?# "
+
+
+def odd_request_id(style: OddIds, token: str) -> str:
+    """A request id RunComfy could plausibly send that breaks naive URL building: never contains `/`.
+
+    >>> len(odd_request_id("long", "abc")), "/" in odd_request_id("punct", "abc")
+    (256, False)
+    """
+    if style == "punct":
+        return f"req.{token}:{_PUNCT}end"
+    return f"req.{token}:" + ("x" * 256)[: 256 - len(token) - 5]
 
 
 def decide_file(faults: Faults, draw: float) -> FileFault | None:

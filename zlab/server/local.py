@@ -6,6 +6,11 @@ Jupyter alike (where the notebook's loop is already running). It binds the socke
 
 >>> with LocalServer(latency=0.05, capacity=2) as srv:       # doctest: +SKIP
 ...     httpx.post(f"{srv.base_url}/v1/models/tongyi-mai/z-image/turbo/lora", json={"prompt": "a fox"})
+
+Protocol variants (`quirks=["not_ready_400", "output_list"]`, see zlab.server.quirks), faults
+(`faults=Faults(...)`) and the queue regime (other users' load, jitter, a capacity schedule such as
+`capacity="4,8@5"`, cold starts; see zlab.server.regime) are all set here; quirks and faults can
+be switched live with `set_quirks` and `set_faults`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from zlab.errors import ConfigError
+from zlab.server.backend import Renderer
 from zlab.server.faults import NO_FAULTS, Faults
+from zlab.server.quirks import Quirks
+from zlab.server.regime import Regime, format_capacity, parse_capacity
 from zlab.server.scheduler import Latency, Stats
 
 if TYPE_CHECKING:  # uvicorn and starlette load only when a server starts: `import zlab` stays light
@@ -45,21 +53,35 @@ def _url(host: str, port: int) -> str:
 
 
 def _config(
-    tokens: Iterable[str | None], latency: str | float | Latency, capacity: int, expire_after: float | None
+    tokens: Iterable[str | None],
+    latency: str | float | Latency,
+    capacity: int | str,
+    expire_after: float | None,
+    renderer: Renderer | None = None,
+    regime: Regime | None = None,
 ) -> ServerConfig:
-    from zlab.server.app import ServerConfig
+    from zlab.server.state import ServerConfig
 
-    return ServerConfig.make(tokens, latency=latency, capacity=capacity, expire_after=expire_after)
+    start, steps = parse_capacity(capacity)  # "4,8@5,16@10": a starting capacity and later steps
+    regime = regime or Regime()
+    if steps:
+        regime = regime.replace(capacity_steps=steps)
+    if renderer is not None:  # a real backend runs as many jobs at once as it has pipelines
+        start, regime = renderer.capacity, regime.replace(capacity_steps=())
+    return ServerConfig.make(
+        tokens, latency=latency, capacity=start, expire_after=expire_after, renderer=renderer, regime=regime
+    )
 
 
 def _build(
-    config: ServerConfig, faults: Faults, sock: socket.socket, log_config: Any
+    config: ServerConfig, faults: Faults, quirks: Quirks, sock: socket.socket, log_config: Any
 ) -> tuple[ServerState, uvicorn.Server]:
     import uvicorn
 
-    from zlab.server.app import ServerState, create_app
+    from zlab.server.app import create_app
+    from zlab.server.state import ServerState
 
-    state = ServerState(config, faults)
+    state = ServerState(config, faults, quirks)
     host, port = sock.getsockname()[:2]
     settings = uvicorn.Config(
         create_app(state),
@@ -67,7 +89,7 @@ def _build(
         port=port,
         http="h11",
         loop="asyncio",
-        lifespan="off",
+        lifespan="on",  # the app's startup begins the queue regime's timers on the server's loop
         log_level="warning",
         log_config=log_config,
         access_log=False,  # an access log could leak ids; never headers
@@ -82,8 +104,16 @@ class LocalServer:
     """The RunComfy-compatible local server on a background thread; a context manager.
 
     `token` and `tokens` are the accepted bearer tokens (none: no auth). `latency` is seconds per job,
-    as a number or text ("0.5", "0.5+0.2/mp"); at most `capacity` jobs run at once. `faults` sets fault
-    injection (change it later with `set_faults`); `expire_after` makes ids older than that 404.
+    as a number or text ("0.5", "0.5+0.2/mp"); at most `capacity` jobs run at once (or a schedule,
+    "4,8@5,16@10": 4, then 8 from t = 5 s, 16 from t = 10 s). `faults` sets fault injection (change
+    it later with `set_faults`); `expire_after` makes ids older than that 404. `quirks` names the
+    protocol variants to speak (zlab.server.quirks; change them with `set_quirks`).
+    The queue regime (zlab.server.regime): `other_load` (other users' jobs as a fraction of
+    capacity), `burst_size` jobs of theirs every `burst_every` s, `other_seconds` (their run time),
+    `jitter` (lognormal sigma of run times), `cold_factor` × slower for the first `cold_jobs` jobs
+    (None: the first wave), `seed` for the regime's draws; or pass a whole `regime=Regime(...)`.
+    `renderer` makes the images instead of the synthetic backend (e.g. the diffusers backend on your
+    GPU, `zlab.server.diffusers_backend`); its capacity replaces `capacity`, and the server closes it.
     The server keeps only hashes of the tokens, and its repr shows none.
     """
 
@@ -94,14 +124,36 @@ class LocalServer:
         token: str | None = None,
         tokens: Iterable[str] = (),
         latency: str | float | Latency = 0.0,
-        capacity: int = 4,
+        capacity: int | str = 4,
         faults: Faults = NO_FAULTS,
         expire_after: float | None = None,
+        renderer: Renderer | None = None,
+        quirks: Iterable[str] | str | Quirks = (),
+        regime: Regime | None = None,
+        other_load: float = 0.0,
+        burst_size: int = 0,
+        burst_every: float = 0.0,
+        other_seconds: float | None = None,
+        jitter: float = 0.0,
+        cold_factor: float = 1.0,
+        cold_jobs: int | None = None,
+        seed: int = 0,
     ) -> None:
         self.host, self.port = host, port
         # Settings are checked here, not on the server thread; the config keeps only token hashes.
-        self._config = _config((token, *tokens), latency, capacity, expire_after)
+        regime = regime or Regime(
+            other_load=other_load,
+            burst_size=burst_size,
+            burst_every=burst_every,
+            other_seconds=other_seconds,
+            jitter=jitter,
+            cold_factor=cold_factor,
+            cold_jobs=cold_jobs,
+            seed=seed,
+        )
+        self._config = _config((token, *tokens), latency, capacity, expire_after, renderer, regime)
         self._faults = faults
+        self._quirks = Quirks.parse(quirks)
         self._state: ServerState | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -112,7 +164,7 @@ class LocalServer:
             return self
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self._state, self._server = _build(self._config, self._faults, sock, log_config=None)
+        self._state, self._server = _build(self._config, self._faults, self._quirks, sock, log_config=None)
         server = self._server
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="zlab-server", daemon=True)
         self._thread.start()
@@ -172,6 +224,27 @@ class LocalServer:
             self._state.set_faults(new)
         return new
 
+    @property
+    def quirks(self) -> Quirks:
+        """The protocol variants in force (or to be, before `start`)."""
+        return self._state.quirks if self._state is not None else self._quirks
+
+    def set_quirks(self, quirks: Iterable[str] | str | Quirks | None = ()) -> Quirks:
+        """Switch protocol variants now, e.g. `set_quirks(["not_ready_400", "html_503=0.2"])`; () for none.
+
+        The quirks' dice, the `balance_after` count and the gateway-error turn start again. Returns them.
+        """
+        new = Quirks.parse(quirks)
+        self._quirks = new
+        if self._state is not None:
+            self._state.set_quirks(new)
+        return new
+
+    @property
+    def regime(self) -> Regime:
+        """The queue regime (fixed when the server is built)."""
+        return self._config.regime
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<LocalServer {self.base_url} {state}, {'token required' if self._config.token_hashes else 'no auth'}>"
@@ -182,24 +255,37 @@ def serve(
     port: int = 8000,
     token: str | None = None,
     latency: str | float | Latency = 0.0,
-    capacity: int = 4,
+    capacity: int | str = 4,
     faults: Faults = NO_FAULTS,
     expire_after: float | None = None,
     tokens: Iterable[str] = (),
     out: TextIO | None = None,
+    renderer: Renderer | None = None,
+    quirks: Iterable[str] | str | Quirks = (),
+    regime: Regime | None = None,
 ) -> None:
     """Run the local server in the foreground until Ctrl-C (`zlab serve`); prints one line with its URL."""
-    config = _config((token, *tokens), latency, capacity, expire_after)
+    config = _config((token, *tokens), latency, capacity, expire_after, renderer, regime)
+    parsed = Quirks.parse(quirks)
     sock = _bind(host, port)
-    _, server = _build(config, faults, sock, log_config=_LOG_CONFIG)
+    state, server = _build(config, faults, parsed, sock, log_config=_LOG_CONFIG)
     auth = "token required" if config.token_hashes else "no token needed"
+    if renderer is None:
+        images = f"synthetic images, {auth}, latency {config.latency} s"
+    else:
+        facts = renderer.describe()
+        images = f"{renderer.name} images: {facts.get('model')} on {facts.get('devices')}, {auth}"
     print(
-        f"zlab local server on {_url(host, sock.getsockname()[1])} (synthetic images, {auth}, "
-        f"latency {config.latency} s, capacity {capacity}); Ctrl-C stops it",
+        f"zlab local server on {_url(host, sock.getsockname()[1])} ({images}, "
+        f"capacity {format_capacity(config.capacity, config.regime.capacity_steps)}"
+        f"{f'; quirks: {parsed}' if parsed.names else ''}); Ctrl-C stops it",
         file=out or sys.stdout,
         flush=True,
     )
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        state.close()  # frees the renderer's devices and threads
 
 
 _LOG_CONFIG: dict[str, Any] = {  # uvicorn's warnings and errors to stderr, and no access log

@@ -5,30 +5,32 @@ runs comes from a `Latency` model (fixed, or base + per megapixel). Completion i
 timer at `start + latency`, so a job finishes within about a millisecond of when it should: client
 benchmarks measure how long a poller takes to notice, and that needs an exact reference.
 
-`Stats` records, thread-safely, what happened: calls per endpoint, injected faults, every accepted
-submit, and each job's times, so a test can assert "each cell accepted exactly once" and a benchmark
-can measure detection lag. All `Scheduler` methods run on the server's event loop.
+A `Regime` (zlab.server.regime) adds what a shared queue does: other users' hidden jobs, run-time
+jitter, a capacity that changes over time, cold starts. `start()` begins its timers on the loop.
+
+The scheduler reports to `Stats` (zlab.server.stats) as jobs are accepted, start and finish. All
+`Scheduler` methods run on the server's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import collections
 import dataclasses
 import math
+import random
 import secrets
-import threading
 import time
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from zlab.errors import ConfigError
-from zlab.request import MODEL_ID, Request, request_key
+from zlab.request import Request
+from zlab.server import regime as regimes
 from zlab.server.backend import Rendered, Renderer
 from zlab.server.faults import BadOutput
+from zlab.server.regime import Regime
+from zlab.server.stats import JobState, JobTimes, Stats, Submission  # Stats and JobTimes are also imported from here
 
-JobState = Literal["in_queue", "in_progress", "succeeded", "failed", "cancelled"]
 WireStatus = Literal["in_queue", "in_progress", "completed", "cancelled"]
 CancelOutcome = Literal["cancelled", "not_cancellable"]
 TERMINAL: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
@@ -78,103 +80,6 @@ class Latency:
         return f"{self.base:g}+{self.per_mp:g}/mp" if self.base else f"{self.per_mp:g}/mp"
 
 
-@dataclasses.dataclass(frozen=True)
-class Submission:
-    """One accepted submit: its id, the input as sent (every field explicit) and who sent it."""
-
-    request_id: str
-    input: Mapping[str, Any]
-    token_hash: str | None
-    at: float  # time.time() when it was accepted
-
-    @property
-    def key(self) -> str:
-        """The request key (as `zlab.Request.key`) of the input, for "accepted exactly once" checks."""
-        return request_key(MODEL_ID, self.input)
-
-
-@dataclasses.dataclass(frozen=True)
-class JobTimes:
-    """A job's state and times: wall clock (`time.time()`) and, for finishing, `time.monotonic()` too."""
-
-    request_id: str
-    state: JobState
-    latency: float
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    finished_mono: float | None = None  # compare with a client's time.monotonic() on the same machine
-
-
-class Stats:
-    """What the server saw, safe to read from any thread; every accessor returns a copy."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything recorded so far (jobs keep running)."""
-        with self._lock:
-            self._calls: collections.Counter[str] = collections.Counter()
-            self._faults: collections.Counter[str] = collections.Counter()
-            self._submissions: list[Submission] = []
-            self._jobs: dict[str, JobTimes] = {}
-
-    def count_call(self, endpoint: str) -> None:
-        """Count one call to `endpoint`."""
-        with self._lock:
-            self._calls[endpoint] += 1
-
-    def count_fault(self, kind: str) -> None:
-        """Count one injected fault of `kind`."""
-        with self._lock:
-            self._faults[kind] += 1
-
-    def record_submission(self, submission: Submission) -> None:
-        """Remember an accepted submit."""
-        with self._lock:
-            self._submissions.append(submission)
-
-    def record_job(self, times: JobTimes) -> None:
-        """Remember a job's latest state and times."""
-        with self._lock:
-            self._jobs[times.request_id] = times
-
-    @property
-    def calls(self) -> dict[str, int]:
-        """Calls per endpoint: submit, status, result, cancel, file (faulted calls included)."""
-        with self._lock:
-            return dict(self._calls)
-
-    @property
-    def faults(self) -> dict[str, int]:
-        """Injected faults by kind (`rate_limited`, `drop_submit_after`, `job_failure`, `file_error`, ...)."""
-        with self._lock:
-            return dict(self._faults)
-
-    @property
-    def submissions(self) -> list[Submission]:
-        """Every accepted submit in order, including those whose answer was then dropped."""
-        with self._lock:
-            return list(self._submissions)
-
-    def accepted(self) -> collections.Counter[str]:
-        """How many times each request key was accepted: a sweep that never duplicates shows only 1s."""
-        return collections.Counter(s.key for s in self.submissions)
-
-    def job(self, request_id: str) -> JobTimes | None:
-        """The latest record of one job, or None if this server never accepted it."""
-        with self._lock:
-            return self._jobs.get(request_id)
-
-    @property
-    def jobs(self) -> dict[str, JobTimes]:
-        """Every job's latest record, by request id."""
-        with self._lock:
-            return dict(self._jobs)
-
-
 @dataclasses.dataclass(eq=False)
 class Job:
     """One job's live record; only the `Scheduler` changes it."""
@@ -196,6 +101,8 @@ class Job:
     task: asyncio.Task[None] | None = None  # a Renderer's render, while it runs
     output: Rendered | None = None  # what a Renderer made (the synthetic backend draws on fetch instead)
     error: str | None = None  # why a Renderer's render failed
+    hidden: bool = False  # another user's job: takes a slot and a queue place, never visible by id
+    polls: int = 0  # status/result/cancel calls that reached this job (for eventual-consistency faults)
 
     @property
     def wire_status(self) -> WireStatus:
@@ -217,6 +124,9 @@ class Job:
         )
 
 
+_OTHER_REQUEST = Request("another user's job", loras=(), width=1024, height=1024, seed=0)
+
+
 def new_request_id() -> str:
     """An unguessable id of `[A-Za-z0-9_-]` (144 random bits)."""
     return secrets.token_urlsafe(18)
@@ -232,12 +142,21 @@ class Scheduler:
         latency: Latency | None = None,
         expire_after: float | None = None,
         renderer: Renderer | None = None,
+        regime: Regime | None = None,
     ) -> None:
         if capacity < 1:
             raise ConfigError(f"capacity must be at least 1 (got {capacity})")
         self.stats, self.capacity, self.expire_after = stats, capacity, expire_after
         self.latency = latency or Latency()
         self.renderer = renderer  # None: the synthetic backend (latency model, image drawn on fetch)
+        self.regime = regime or Regime()
+        self._start_capacity = capacity
+        self._jitter_rng = random.Random(self.regime.seed)  # own streams: turning other users on
+        self._arrival_rng = random.Random(self.regime.seed + 1)  # must not shift the jitter draws
+        self._started_jobs = 0
+        self._timers: list[asyncio.TimerHandle] = []  # capacity steps and bursts
+        self._arrival: asyncio.TimerHandle | None = None
+        self._others: set[Job] = set()
         self._jobs: dict[str, Job] = {}  # insertion order is creation order: pruning pops from the front
         self._queue: list[int] = []  # tickets of queued jobs, ascending: position is a bisect away
         self._by_ticket: dict[int, Job] = {}
@@ -245,16 +164,26 @@ class Scheduler:
         self._running = 0
 
     def submit(
-        self, request: Request, token_hash: str | None, will_fail: bool = False, bad_output: BadOutput | None = None
+        self,
+        request: Request,
+        token_hash: str | None,
+        will_fail: bool = False,
+        bad_output: BadOutput | None = None,
+        request_id: str | None = None,
+        render_as: Request | None = None,
     ) -> Job:
-        """Accept a job: it starts at once if there is room, else waits at the back of the queue."""
+        """Accept a job: it starts at once if there is room, else waits at the back of the queue.
+
+        `request` is recorded as sent; `render_as` (e.g. a snapped size) is what runs and renders.
+        """
         loop = asyncio.get_running_loop()
         self._prune()
+        rendered = render_as or request
         job = Job(
-            request_id=new_request_id(),
-            request=request.replace(seed=secrets.randbelow(2**31)) if request.seed == -1 else request,
+            request_id=request_id or new_request_id(),
+            request=rendered.replace(seed=secrets.randbelow(2**31)) if rendered.seed == -1 else rendered,
             token_hash=token_hash,
-            latency=self.latency.seconds(request.megapixels),
+            latency=self._run_seconds(self.latency.seconds(rendered.megapixels)),
             will_fail=will_fail,
             bad_output=bad_output,
             ticket=self._next_ticket,
@@ -269,6 +198,64 @@ class Scheduler:
         self.stats.record_job(job.times())
         self._start_ready()
         return job
+
+    def submit_other(self) -> Job:
+        """Another user's job: it queues and runs like any other, but no id or record reveals it."""
+        loop = asyncio.get_running_loop()
+        nominal = self.regime.other_seconds or max(self.latency.seconds(1.0), regimes.MIN_OTHER_SECONDS)
+        job = Job("", _OTHER_REQUEST, "other", self._run_seconds(nominal), False, None, self._next_ticket, 0.0, 0.0)
+        job.hidden, job.created_at, job.created_mono = True, time.time(), loop.time()
+        self._next_ticket += 1
+        self._by_ticket[job.ticket] = job
+        self._queue.append(job.ticket)
+        self._others.add(job)
+        self.stats.count_other_job()
+        self._start_ready()
+        return job
+
+    def start(self) -> None:
+        """Begin the regime's timers (capacity steps, bursts) on the running loop; then `set_other_load`."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for since, capacity in self.regime.capacity_steps:
+            self._timers.append(loop.call_at(t0 + since, self._set_capacity, capacity))
+        if self.regime.burst_every > 0:
+            self._timers.append(loop.call_at(t0 + self.regime.burst_every, self._burst))
+
+    def set_other_load(self, load: float) -> None:
+        """Change other users' load now (a fraction of capacity; 0 stops new arrivals)."""
+        self.regime = self.regime.replace(other_load=load)
+        if self._arrival is not None:
+            self._arrival.cancel()
+            self._arrival = None
+        self._schedule_arrival()
+
+    def _schedule_arrival(self) -> None:
+        nominal = self.regime.other_seconds or self.latency.seconds(1.0)
+        gap = regimes.arrival_gap(self.regime.other_load, self.capacity, nominal, self._arrival_rng.random())
+        if gap is not None:
+            self._arrival = asyncio.get_running_loop().call_later(gap, self._arrive)
+
+    def _arrive(self) -> None:
+        self._arrival = None
+        self.submit_other()
+        self._schedule_arrival()
+
+    def _burst(self) -> None:
+        for _ in range(self.regime.burst_size):
+            self.submit_other()
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(self.regime.burst_every, self._burst))
+        self._timers = [t for t in self._timers if not t.cancelled() and t.when() > loop.time()]
+
+    def _set_capacity(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._start_ready()  # a smaller capacity lets running jobs finish; a larger one starts queued ones now
+
+    def _run_seconds(self, nominal: float) -> float:
+        if not self.regime.jitter:
+            return nominal
+        return regimes.jittered(nominal, self.regime.jitter, self._jitter_rng.gauss())
 
     def get(self, request_id: str) -> Job | None:
         """The job, or None when the id is unknown or expired."""
@@ -305,7 +292,9 @@ class Scheduler:
 
     def close(self) -> None:
         """Stop every pending timer (the server is shutting down)."""
-        for job in self._jobs.values():
+        for timer in [*self._timers, *([self._arrival] if self._arrival else [])]:
+            timer.cancel()
+        for job in [*self._jobs.values(), *self._others]:
             if job.timer is not None:
                 job.timer.cancel()
             if job.task is not None:
@@ -336,12 +325,16 @@ class Scheduler:
             job = self._by_ticket.pop(self._queue.pop(0))
             job.state, job.started_at = "in_progress", time.time()
             self._running += 1
-            if self.renderer is not None:
+            if regimes.is_cold(self.regime, self._started_jobs, self._start_capacity):
+                job.latency *= self.regime.cold_factor
+            self._started_jobs += 1
+            if self.renderer is not None and not job.hidden:
                 job.task = loop.create_task(self._render(job, self.renderer))
             else:
                 # A timer on the loop, not a sleeping task: it fires at start + latency to the millisecond.
                 job.timer = loop.call_at(loop.time() + job.latency, self._complete, job)
-            self.stats.record_job(job.times())
+            if not job.hidden:
+                self.stats.record_job(job.times())
 
     async def _render(self, job: Job, renderer: Renderer) -> None:
         """Run a real render; the job ends when it does (a failure fails the job with its message)."""
@@ -366,4 +359,7 @@ class Scheduler:
 
     def _finish(self, job: Job, state: JobState) -> None:
         job.state, job.finished_at, job.finished_mono = state, time.time(), time.monotonic()
-        self.stats.record_job(job.times())
+        if job.hidden:
+            self._others.discard(job)
+        else:
+            self.stats.record_job(job.times())

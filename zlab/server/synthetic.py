@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import math
 import struct
 import threading
@@ -177,6 +178,16 @@ def encode_png(image: Image.Image) -> bytes:
 def render_png(request: Request) -> bytes:
     """`render` then `encode_png`: what the server's file route serves."""
     return encode_png(render(request))
+
+
+def render_bytes(request: Request, fmt: str = "png") -> bytes:
+    """`render`, encoded as `fmt`: "png" (`encode_png`), "jpeg" or "webp" (Pillow; quality 90 / 80)."""
+    if fmt == "png":
+        return render_png(request)
+    out = io.BytesIO()
+    options = {"quality": 90} if fmt == "jpeg" else {"quality": 80, "method": 0}  # method 0: fastest WebP
+    render(request).save(out, format=fmt.upper(), **options)
+    return out.getvalue()
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
