@@ -1,0 +1,247 @@
+"""The diffusers backend, end to end: a tiny random Z-Image pipeline behind the local server over loopback HTTP.
+
+The pipeline is built from configs (`zlab.server.tiny_zimage`): the real `ZImagePipeline`, LoRA loader and
+PEFT adapters, with random weights and nothing downloaded. LoRAs are random `.safetensors` files written here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from zlab import cli
+from zlab.request import MODEL_ID
+from zlab.server import LocalServer
+from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings, missing_local_extra
+from zlab.server.loras import LoraFiles
+from zlab.server.tiny_zimage import random_lora, save_lora, tiny_pipeline, to_kohya
+
+SIZE = 256  # the smallest size the model's schema allows
+MISSING = missing_local_extra()
+needs_local = pytest.mark.skipif(MISSING is not None, reason=f"skipped: {MISSING}")
+
+
+class Backend:
+    """A local server over a tiny pipeline, and a loopback HTTP client that renders through it."""
+
+    def __init__(self, tmp: Path, lora_cache: int = 8) -> None:
+        self.pipe = tiny_pipeline()
+        self.encoder_calls = 0
+        self.pipe.text_encoder.register_forward_hook(self._count)  # every real prompt encoding, however it comes
+        settings = DiffusersSettings(model="tiny-random-z-image", lora_cache=lora_cache)
+        self.renderer = DiffusersRenderer.from_pipelines(
+            [self.pipe], "tiny-random-z-image", settings, LoraFiles(tmp / "cache")
+        )
+        self.server = LocalServer(renderer=self.renderer).start()
+        self.http = httpx.Client(base_url=self.server.base_url, timeout=30)
+        self.tmp = tmp
+
+    def _count(self, *_: object) -> None:
+        self.encoder_calls += 1
+
+    def lora(self, name: str, seed: int, kohya: float | None = None) -> str:
+        tensors = random_lora(self.pipe, seed)
+        return str(save_lora(to_kohya(tensors, kohya) if kohya else tensors, self.tmp / f"{name}.safetensors"))
+
+    def result(self, loras=(), seed: int = 1, prompt: str = "a red fox") -> dict:
+        body = {"prompt": prompt, "loras": [{"path": p, "scale": s} for p, s in loras], "seed": seed}
+        submitted = self.http.post(f"/v1/models/{MODEL_ID}", json=body | {"width": SIZE, "height": SIZE})
+        submitted.raise_for_status()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            answer = self.http.get(f"/v1/requests/{submitted.json()['request_id']}/result").json()
+            if answer["status"] in ("succeeded", "failed"):
+                return answer
+            time.sleep(0.01)
+        raise AssertionError("the render did not finish within 30 s")
+
+    def image(self, loras=(), seed: int = 1, prompt: str = "a red fox") -> np.ndarray:
+        answer = self.result(loras, seed, prompt)
+        assert answer["status"] == "succeeded", answer
+        png = self.http.get(answer["output"]["image"]).content
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    if MISSING:
+        pytest.skip(f"skipped: {MISSING}")
+    made = Backend(tmp_path)
+    yield made
+    made.close()
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def test_zlab_run_sweeps_through_the_backend_and_fails_a_mismatched_lora_cell(backend, tmp_path, monkeypatch, capsys):
+    good = backend.lora("good", seed=1)
+    bad = tmp_path / "sdxl.safetensors"  # keys of another model's UNet: diffusers alone would only log a warning
+    import torch
+
+    save_lora(
+        {
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.randn(4, 320),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.randn(320, 4),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0),
+        },
+        bad,
+    )
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        f"prompt: a red fox\nloras:\n  - {{path: {good}, scale: 1.0}}\nwidth: {SIZE}\nheight: {SIZE}\nseed: 7\n"
+        f"axes:\n  lora1_scale: [0, 0.5, 1.0]\n  lora1_path: ['{good}', '{bad}']\n"
+    )
+    monkeypatch.setenv("ZLAB_BASE_URL", backend.server.base_url)
+
+    code = cli.main(["run", str(spec), "--out", str(tmp_path / "run"), "--no-progress"])
+
+    assert code == 1  # some cells failed
+    df = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    ok, failed = df[df.lora1_path == good], df[df.lora1_path == str(bad)]
+    assert list(ok.status) == ["succeeded"] * 3 and list(failed.status) == ["failed"] * 3
+    assert failed.error.str.contains("does not fit Z-Image Turbo").all(), failed.error.tolist()
+    assert failed.error.str.contains("sdxl.safetensors").all()
+    images = [np.asarray(Image.open(tmp_path / "run" / p)) for p in ok.sort_values("lora1_scale").image_path]
+    assert all(image.shape == (SIZE, SIZE, 3) for image in images)
+    assert distance(images[0].astype(int), images[2].astype(int)) > 1  # the scale axis shows in the pixels
+    assert backend.encoder_calls == 1  # one prompt: encoded once for the whole sweep
+    assert backend.renderer.counts["adapter_loads"] == 1  # the good LoRA loaded once, switched by scale
+
+
+def test_scale_zero_is_the_base_image_and_results_say_how_they_were_made(backend):
+    lora = backend.lora("style", seed=1)
+    base = backend.image()
+    assert np.array_equal(backend.image([(lora, 0.0)]), base)
+    assert distance(backend.image([(lora, 1.0)]), base) > 1
+    assert np.array_equal(backend.image(), base)  # LoRAs off again after a LoRA request
+    facts = backend.result([(lora, 0.5)])["backend"]
+    assert facts["model"] == "tiny-random-z-image" and facts["device"] == "cpu" and facts["dtype"] == "float32"
+    assert facts["steps"] == 8 and facts["guidance_scale"] == 0.0
+    assert facts["diffusers"] and facts["torch"]
+    assert all(isinstance(v, str | int | float) for v in facts.values())
+
+
+def test_the_image_moves_with_scale_and_the_same_request_repeats(backend):
+    lora = backend.lora("style", seed=2)
+    base = backend.image(seed=3)
+    images = {scale: backend.image([(lora, scale)], seed=3) for scale in (0.25, 1.0, 2.0)}
+    distances = [distance(images[scale], base) for scale in (0.25, 1.0, 2.0)]
+    assert distances[0] < distances[1] < distances[2], distances
+    assert np.array_equal(backend.image([(lora, 1.0)], seed=3), images[1.0])  # cached adapter, same image
+    assert distance(backend.image([(lora, 1.0)], seed=4), images[1.0]) > 1  # the seed matters
+
+
+def test_two_loras_both_apply_and_switch_back(backend):
+    a, b = backend.lora("a", seed=1), backend.lora("b", seed=2)
+    only_a = backend.image([(a, 1.0)])
+    only_b = backend.image([(b, 1.0)])  # loading b must not leave a switched off for later requests
+    both = backend.image([(a, 1.0), (b, 1.0)])
+    assert distance(both, only_a) > 1 and distance(both, only_b) > 1
+    assert np.array_equal(backend.image([(a, 1.0), (b, 0.0)]), only_a)
+    assert np.array_equal(backend.image([(b, 0.0), (a, 1.0)]), only_a)
+    assert np.array_equal(backend.image([(a, 1.0)]), only_a)
+    assert backend.renderer.counts["adapter_loads"] == 2
+
+
+def test_local_files_folders_and_home_paths_are_the_same_lora(backend, tmp_path, monkeypatch):
+    path = Path(backend.lora("style", seed=5))
+    folder = tmp_path / "style-lora"
+    folder.mkdir()
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(path.read_bytes())
+    monkeypatch.setenv("HOME", str(tmp_path))
+    by_file = backend.image([(str(path), 1.0)])
+    assert np.array_equal(backend.image([(str(folder), 1.0)]), by_file)
+    assert np.array_equal(backend.image([("~/style.safetensors", 1.0)]), by_file)
+    missing = backend.result([(str(tmp_path / "nope.safetensors"), 1.0)])
+    assert missing["status"] == "failed" and "no such file" in missing["error"]["message"]
+
+
+def test_kohya_keys_load_identically(backend):
+    diffusers_layout = backend.lora("style", seed=6)
+    kohya = backend.lora("style-kohya", seed=6, kohya=2.0)  # alpha = 2 × rank, up weights halved: same LoRA
+    for scale in (0.5, 1.0):
+        assert np.array_equal(backend.image([(kohya, scale)]), backend.image([(diffusers_layout, scale)]))
+
+
+def test_a_lora_with_wrong_shapes_fails_with_a_clear_error_and_the_server_carries_on(backend, tmp_path):
+    import torch
+
+    good = backend.lora("good", seed=1)
+    tensors = random_lora(backend.pipe, seed=1)
+    key = next(k for k in tensors if k.endswith("to_q.lora_A.weight"))
+    tensors[key] = torch.randn(4, 3072)  # a rank-4 LoRA made for a wider transformer (the real model's dim)
+    wrong = save_lora(tensors, tmp_path / "wide.safetensors")
+
+    answer = backend.result([(str(wrong), 1.0)])
+
+    assert answer["status"] == "failed"
+    message = answer["error"]["message"]
+    assert "does not fit Z-Image Turbo" in message and "1 of" in message and "[4, 3072]" in message
+    assert distance(backend.image([(good, 1.0)]), backend.image()) > 1  # the next request renders as usual
+
+
+def test_prompt_embeddings_are_encoded_once_per_prompt(backend):
+    lora = backend.lora("style", seed=1)
+    for scale in (0.0, 0.5, 1.0, 1.5):
+        backend.image([(lora, scale)], prompt="a red fox")
+    assert backend.encoder_calls == 1
+    backend.image([(lora, 1.0)], prompt="a blue heron")
+    backend.image([(lora, 0.5)], seed=2, prompt="a red fox")
+    assert backend.encoder_calls == 2
+    assert backend.renderer.counts["encodes"] == 2
+
+
+@needs_local
+def test_the_adapter_cache_unloads_the_least_recently_used(tmp_path):
+    backend = Backend(tmp_path, lora_cache=2)
+    try:
+        paths = [backend.lora(name, seed=i) for i, name in enumerate("abc")]
+        first_a = backend.image([(paths[0], 1.0)])
+        backend.image([(paths[1], 1.0)])
+        backend.image([(paths[2], 1.0)])  # a is the oldest: unloaded
+        assert len(backend.pipe.get_list_adapters()["transformer"]) == 2
+        assert np.array_equal(backend.image([(paths[0], 1.0)]), first_a)  # loaded again, same image
+        assert backend.renderer.counts["adapter_loads"] == 4
+        assert backend.renderer.counts["adapter_unloads"] == 2
+    finally:
+        backend.close()
+
+
+def _without_torch(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter where importing torch fails, as when zlab[local] is not installed."""
+    prelude = "import sys; sys.modules['torch'] = None\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60, env=os.environ.copy()
+    )
+
+
+def test_without_torch_the_diffusers_backend_says_what_to_install():
+    done = _without_torch("from zlab.cli import main; sys.exit(main(['serve', '--backend', 'diffusers']))")
+    assert done.returncode == 2, done.stderr
+    assert 'pip install "zlab[local]"' in done.stderr and "torch" in done.stderr
+
+
+def test_import_zlab_and_the_backend_module_stay_light():
+    code = (
+        "import sys, zlab, zlab.server.diffusers_backend, zlab.server.loras\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
