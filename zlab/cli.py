@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--hide-code", action="store_true", help="leave code cells out of the HTML")
     report.add_argument("--timeout", type=float, default=1800.0, help="seconds the whole notebook may take")
 
-    serve = commands.add_parser("serve", help="the local RunComfy-compatible server (synthetic images)")
+    serve = commands.add_parser("serve", help="the local RunComfy-compatible server (synthetic or real images)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--token", help="require this bearer token (the local server's, not your RunComfy key)")
@@ -69,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
         "--capacity", default="4", help='jobs running at once (the rest queue), or a schedule "4,8@5,16@10"'
     )
     serve.add_argument("--expire-after", type=float, help="request ids older than this many seconds answer 404")
+    serve.add_argument(
+        "--backend",
+        choices=["synthetic", "diffusers"],
+        default="synthetic",
+        help="who makes the images: synthetic, or diffusers (Z-Image Turbo on this machine; needs zlab[local])",
+    )
+    serve.add_argument(
+        "--model", help="diffusers: a Z-Image Turbo folder or Hugging Face id (Tongyi-MAI/Z-Image-Turbo)"
+    )
+    serve.add_argument("--device", choices=["cuda", "cpu", "mps"], help="diffusers: default cuda, else mps, else cpu")
+    serve.add_argument("--devices", default="", help="diffusers: GPU indices, one pipeline each, e.g. 0,1")
+    serve.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="diffusers: default bf16")
+    serve.add_argument("--offload", action="store_true", help="diffusers: CPU offload for 16-24 GB cards (slower)")
     serve.add_argument(
         "--quirk",
         action="append",
@@ -169,7 +182,20 @@ def _serve(args: argparse.Namespace) -> int:
         cold_jobs=args.cold_jobs,
         seed=args.seed,
     )
+    renderer = None
+    if args.backend == "diffusers":
+        from zlab.server import diffusers_backend as db
+
+        problem = db.missing_local_extra()
+        if problem:
+            raise errors.ConfigError(problem)
+        settings = db.DiffusersSettings(
+            args.model or db.DEFAULT_MODEL, args.device, db.parse_devices(args.devices), args.dtype, args.offload
+        )
+        print(f"zlab: loading {settings.model} ({settings.dtype}); this takes a while", file=sys.stderr, flush=True)
+        renderer = db.load_renderer(settings)
     serve(
+        renderer=renderer,
         host=args.host,
         port=args.port,
         token=args.token or None,
