@@ -1,7 +1,11 @@
 """The one waiting loop: follow a job by id until it ends, asking the pure planner (`zlab.polling`) when.
 
-Every wait has a deadline. A finished job's server timestamps teach the planner, and every waiter
-sleeping on the shared `Signal` wakes when an estimate changes, so all re-plan at once.
+Every wait has a deadline and every sleep is bounded (`Pacer.max_gap_s`). Waiters that share a
+`Pacer` share one wake-up signal: when an answer changes what the others should do (a finish, the
+queue's frontier moving), every sleeping waiter wakes and re-plans at once.
+
+    track = Track(time.monotonic(), sent=before_submit, megapixels=width * height / 1e6)
+    outcome = await follow(api, request_id, track, pacer, deadline=time.monotonic() + 600)
 """
 
 from __future__ import annotations
@@ -9,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+import weakref
 
 from zlab import errors
 from zlab.api import API
-from zlab.polling import Pacer, Poll, Track, next_running_start
+from zlab.polling import Pacer, Track
 from zlab.protocol import Outcome
+
+_FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class Signal:
-    """Wakes every sleeping waiter at once (e.g. when the run-time estimate changes, so all re-plan)."""
+    """Wakes every sleeping waiter at once (e.g. when a job finished, so all re-plan)."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
@@ -28,10 +34,26 @@ class Signal:
         self._event = asyncio.Event()
 
     async def sleep_until(self, at: float) -> None:
+        """Sleep until monotonic `at`, or until `fire` is called."""
         delay = at - time.monotonic()
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), delay)
+
+
+# One signal per (pacer, event loop): a client's waiters share it; a pacer reused from another loop
+# (a second `asyncio.run`) gets a fresh one, since an asyncio.Event belongs to one loop.
+_signals: weakref.WeakKeyDictionary[Pacer, tuple[asyncio.AbstractEventLoop, Signal]] = weakref.WeakKeyDictionary()
+
+
+def signal_for(pacer: Pacer) -> Signal:
+    """The wake-up signal shared by every waiter on `pacer` in the running event loop."""
+    loop = asyncio.get_running_loop()
+    held = _signals.get(pacer)
+    if held is None or held[0] is not loop:
+        held = (loop, Signal())
+        _signals[pacer] = held
+    return held[1]
 
 
 async def follow(
@@ -41,73 +63,57 @@ async def follow(
     pacer: Pacer,
     *,
     deadline: float,
-    running_starts: Callable[[], Sequence[float]] = tuple,
+    running_starts: object = None,
     signal: Signal | None = None,
 ) -> Outcome:
-    """Poll until the job ends; return its /result outcome. Raises WaitTimeout at `deadline` (monotonic).
+    """Poll until the job ends; return its terminal /result outcome (succeeded, failed or cancelled).
 
-    `running_starts` gives when the caller's other running jobs started: from them the planner
-    learns the server's slots and predicts when a queued job will start.
+    `track` describes the job (set `sent`, the monotonic time just before its submit, and
+    `megapixels` when known: they sharpen the clock mapping and the run-time estimate); `pacer` is
+    the client's shared planner, which keeps `track` among its live jobs while this runs. Raises
+    `WaitTimeout` at the monotonic `deadline`; API errors propagate.
+
+    `running_starts` and `signal` are accepted and ignored while callers move to this signature: the
+    pacer now knows the caller's live jobs, and its waiters share one signal.
     """
-    signal = signal or Signal()
-    fetch_result_now = False
-    while True:
-        now = time.monotonic()
-        starts = running_starts()
-        pacer.see_running(len(starts))
-        poll = Poll(now, "result") if fetch_result_now else pacer.plan(track, now, starts)
-        if poll.at > deadline:
-            await signal.sleep_until(deadline)
-            if time.monotonic() >= deadline:
+    del running_starts, signal
+    signal = signal_for(pacer)
+    pacer.register(track)
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
                 raise errors.WaitTimeout(
                     f"request {request_id} had not finished by its deadline", request_id=request_id
                 )
-            continue
-        if poll.at > now:
-            await signal.sleep_until(poll.at)
-            if time.monotonic() < poll.at - 0.001:  # woken early by a new estimate: plan again
+            poll = pacer.plan(track, now)
+            if poll.at > now:
+                # Bounded: wake for the poll, the deadline, a re-plan after max_gap_s, or a signal.
+                await signal.sleep_until(min(poll.at, deadline, now + pacer.max_gap_s))
                 continue
-        now = time.monotonic()
-        track.polls += 1
-        if poll.endpoint == "status":
-            status = await api.status(request_id)
-            fetch_result_now = status.terminal
-            _note(track, status.phase, status.queue_position, now, pacer, poll.start)
-        else:
-            outcome = await api.result(request_id)
-            fetch_result_now = False
-            if outcome.phase in ("succeeded", "failed", "cancelled"):
-                _learn(pacer, track, outcome, now)
-                if pacer.samples == 1:
-                    signal.fire()
-                return outcome
-            _note(track, outcome.phase, None, now, pacer, poll.start)
-        track.last_poll = now
-
-
-def _note(
-    track: Track, phase: str, position: int | None, now: float, pacer: Pacer, predicted_start: float | None
-) -> None:
-    if phase == "queued":
-        track.phase, track.position, track.position_at = "queued", position, now
-        track.early, track.queued_once = 0, True
-    elif phase == "running":
-        if track.phase != "running":
-            track.started = next_running_start(track, now, pacer, predicted_start)
-            track.phase, track.position = "running", None
-        else:
-            track.early += 1
-    # "completed": the caller fetches /result next
-
-
-def _learn(pacer: Pacer, track: Track, outcome: Outcome, now: float) -> None:
-    """Record when the job held its slot; learn run time only from jobs that never queued (their
-    server-side span is pure running time)."""
-    span = None
-    if outcome.created_at and outcome.finished_at:
-        span = (outcome.finished_at - outcome.created_at).total_seconds()
-    if outcome.phase == "succeeded" and not track.queued_once:
-        pacer.learn(span if span is not None else now - (track.started or track.submitted))
-    started = track.started if track.started is not None else track.submitted
-    run_s = span if span is not None and not track.queued_once else pacer.run_s
-    pacer.finished(started, min(now, started + run_s) if run_s is not None else now)
+            sent = time.monotonic()
+            if poll.endpoint == "status":
+                status = await api.status(request_id)
+                wake = pacer.saw(track, sent, time.monotonic(), status.phase, status.queue_position)
+            else:
+                outcome = await api.result(request_id)
+                received = time.monotonic()
+                if outcome.phase in _FINISHED:
+                    pacer.saw(
+                        track,
+                        sent,
+                        received,
+                        outcome.phase,
+                        endpoint="result",
+                        created=outcome.created_at.timestamp() if outcome.created_at else None,
+                        finished=outcome.finished_at.timestamp() if outcome.finished_at else None,
+                    )
+                    signal.fire()  # every finish re-plans every waiter
+                    return outcome
+                # Not ready yet (HTTP 200 or the 400005 form alike): queued or running, maybe with no position.
+                position = getattr(outcome, "queue_position", None)
+                wake = pacer.saw(track, sent, received, outcome.phase, position, endpoint="result")
+            if wake:
+                signal.fire()
+    finally:
+        pacer.forget(track)

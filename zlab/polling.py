@@ -1,158 +1,460 @@
-"""When to ask about a job next, and which endpoint to ask: a pure planner that learns as it goes.
+"""When to ask about which job next, and on which endpoint: a pure planner that learns as it goes.
 
-Peer clients poll at a fixed interval, so they either waste calls (0.1 s) or notice results late
-(2 s). zlab predicts instead. It learns how long a job runs from the server's own timestamps
-(`finished_at - created_at` of jobs that never queued) and how many jobs the server runs at once
-(the most of the caller's jobs seen running together), then:
+Peer clients poll at a fixed interval, so they waste calls (0.1 s) or notice results late (2 s).
+zlab's waiters share one `Pacer`, which holds the caller's live jobs (`Track`s) and learns from
+what the server says. Nothing in it models the server's capacity or simulates its queue: the queue
+may hold other users' jobs and capacity may change, so the planner only trusts what it reads.
 
-- a running job is asked once, just after it should have finished, on /result (which answers with
-  the outputs, so a job that finishes on time costs one call);
-- a queued job at position p (p jobs ahead) starts at the (p+1)-th slot to free up; the planner
-  simulates the slots from the moment the position was read (the caller's running jobs free theirs
-  when predicted, the rest spread over one run time) and asks /result once, at the predicted finish;
-- an answer that shows a wrong guess corrects it: still queued → /status for a fresh position;
-  running but unfinished → short follow-ups that grow, so a late job is never far behind;
-- before anything is learned it probes at growing intervals; the first finished job re-plans all.
+Run time, from bounds rather than spans. A finished job ran at most `finished_at − (last time it was
+seen queued, or created_at)` and at least `finished_at − (first time it was seen running)`; the
+server's clock is mapped onto the caller's monotonic clock by comparing `created_at` with the
+midpoint of the submit. The estimate is the upper end of the intersection of the most recent
+intervals (exact for a steady server), else the median of recent ones (jittery run times). Each
+image size has its own estimate; an unseen size is extrapolated linearly in megapixels. An estimate
+not yet confirmed by a job that started after the first finish (the first wave may have been a cold
+start) sends one "scout" job probing early, so faster warm runs are noticed after one job.
+
+Queued jobs: only the frontier is asked. Every new job gets one /status. After that, only the
+caller's first queued job is asked again: once per detected finish of the caller's (a slot it may
+take), on a timer from how fast its position drains (clamped to 0.1–0.5 of the run time), and at
+once after it started with no finish of the caller's to explain it (other users' jobs ended, or the
+server grew), because then the next one may have started too.
+
+Running jobs: one /result just after start + run time; an early answer is followed up after 3% of
+the run time, growing ×1.5, capped at 10% of the time run so far. Before any run time is known:
+probe at +0.2 s, then every 50% of the time run. Every finish re-plans every waiter.
+
+Limits no poller beats: with lognormal σ = 0.3 jitter, few calls and small lag cannot both hold;
+at concurrency = capacity the server idles between a finish and the next submit.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import heapq
+import itertools
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Iterable
 from typing import Literal
 
 Endpoint = Literal["status", "result"]
+TrackPhase = Literal["unknown", "queued", "running", "finished"]
+SeenPhase = Literal["queued", "running", "completed", "succeeded", "failed", "cancelled"]
+
+_ANY_SIZE = -1.0  # the size class of jobs whose size the caller did not say
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class Track:
-    """What the caller knows of one job (mutable, owned by one waiter)."""
+    """What the caller knows of one job (mutable; its waiter and the shared `Pacer` update it).
 
-    submitted: float  # monotonic time the submit was answered
-    phase: Literal["unknown", "queued", "running"] = "unknown"
-    position: int | None = None  # jobs ahead of it in the queue, when last read
-    position_at: float | None = None  # when that position was read
+    `sent` (when the submit left) and `submitted` (when its answer came) bracket the server's
+    `created_at`, which maps the server's clock onto `time.monotonic()`. `megapixels` selects the
+    run-time estimate for the job's image size.
+    """
+
+    submitted: float
+    sent: float | None = None
+    megapixels: float | None = None
+    phase: TrackPhase = "unknown"
+    position: int | None = None  # as the server counts it (0- or 1-based), last read
+    position_at: float | None = None  # when it was read (send time of that call)
+    previous_position: tuple[float, int] | None = None  # the read before, for the position's drain rate
+    last_queued: float | None = None  # send time of the last call that said queued
+    seen_running: float | None = None  # arrival time of the first answer that said running
+    last_running: float | None = None  # send time of the last answer that said running
     started: float | None = None  # estimated monotonic time it began running
+    start_window: tuple[float, float] | None = None  # when the start is a guess: it lies in here
     last_poll: float | None = None
-    early: int = 0  # answers in a row that came before the job was done
+    early: int = 0  # /result answers in a row that came before the job was done
     polls: int = 0
-    queued_once: bool = False  # its server-side span then includes queueing: not a run-time sample
+    order: int = 0  # registration order, the tie-break for "first queued"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Poll:
+    """The next call for one job: `endpoint` at monotonic time `at`."""
+
     at: float
     endpoint: Endpoint
-    start: float | None = None  # for a queued job: when it is expected to start running
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bound:
+    """A finished job's run time lies in [low, high] seconds, most likely `likely` (from its estimated
+    start); `started` (caller's clock) dates it."""
+
+    low: float
+    high: float
+    likely: float
+    started: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Estimate:
+    """A run time for one image size; `confirmed` once a job that started after the first finish agreed."""
+
+    seconds: float
+    confirmed: bool
 
 
 @dataclasses.dataclass(slots=True)
+class _SizeClass:
+    bounds: collections.deque[Bound] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=64))
+    first_finish: float | None = None  # when the first of these jobs finished (caller's clock)
+    confirmed: bool = False
+
+
+@dataclasses.dataclass(eq=False)
 class Pacer:
-    """Learned run time (EWMA) and server slots, plus the knobs that bound every wait."""
+    """The shared planner: the caller's live jobs, learned run times and the queue frontier's state.
 
-    run_s: float | None = None
-    samples: int = 0
-    slots: int = 1  # jobs the server runs at once, as far as the caller has seen
-    alpha: float = 0.3
-    first_probe_s: float = 0.25
-    probe_growth: float = 1.3  # before any run time is known: each probe waits 30% longer than the last
-    max_gap_s: float = 10.0
-    min_gap_s: float = 0.02
-    # (start, finish) of the caller's finished jobs: when slots freed, which a stale queue position needs
-    history: collections.deque[tuple[float, float]] = dataclasses.field(
-        default_factory=lambda: collections.deque(maxlen=512)
-    )
-
-    def finished(self, started: float, finished: float) -> None:
-        """Record that one of the caller's jobs ran from `started` to `finished` (monotonic times)."""
-        self.history.append((started, finished))
-
-    def last_free(self, after: float, until: float) -> float | None:
-        """The latest moment one of the caller's jobs freed a slot within (after, until], if any."""
-        return max((f for _, f in self.history if after < f <= until), default=None)
-
-    def learn(self, seconds: float) -> None:
-        """Fold in one observed run time (seconds a job spent running)."""
-        if seconds <= 0:
-            return
-        self.run_s = seconds if self.run_s is None else (1 - self.alpha) * self.run_s + self.alpha * seconds
-        self.samples += 1
-
-    def see_running(self, count: int) -> None:
-        """The caller has `count` jobs running at once: the server has at least that many slots."""
-        self.slots = max(self.slots, count)
-
-    def follow_up_s(self, track: Track) -> float:
-        """After an early answer: a short gap that grows, scaled to the run time."""
-        scale = self.run_s if self.run_s is not None else self.first_probe_s * 4
-        return min(self.max_gap_s, max(self.min_gap_s, 0.04 * scale * 2**track.early))
-
-    def plan(self, track: Track, now: float, running_starts: Sequence[float] = ()) -> Poll:
-        """The next poll for `track`. `running_starts`: when the caller's running jobs started."""
-        poll = self._plan(track, now, running_starts)
-        return dataclasses.replace(poll, at=min(max(poll.at, now), now + self.max_gap_s))
-
-    def _plan(self, track: Track, now: float, running_starts: Sequence[float]) -> Poll:
-        if track.phase == "queued":
-            if track.position is None:  # /result said queued but not where: ask /status now
-                return Poll(now + self.min_gap_s, "status")
-            if self.run_s is None:
-                # It cannot start before one of the caller's running jobs ends, and the first job to end
-                # wakes every waiter; only a caller with nothing running must probe.
-                return Poll(now + (self.max_gap_s if running_starts else self._probe_s(track)), "status")
-            start = self.start_estimate(track.position, track.position_at or now, running_starts)
-            return Poll(self._due(start, track, now), "result", start)
-        if self.run_s is None:  # nothing learned yet: probe at growing intervals from the submit
-            return Poll(max(now, track.submitted + self._probe_s(track)), "result")
-        started = track.started if track.started is not None else track.submitted
-        return Poll(self._due(started, track, now), "result")
-
-    def _probe_s(self, track: Track) -> float:
-        """Probes 0.25, 0.33, 0.42, … s after the submit: late by at most 30% of the time waited so far."""
-        return self.first_probe_s * self.probe_growth ** min(track.polls, 30)
-
-    def _due(self, started: float, track: Track, now: float) -> float:
-        assert self.run_s is not None
-        due = started + self.run_s * 1.01 + 0.005  # just after: an answer a hair early costs a second call
-        return max(due, now + self.follow_up_s(track)) if track.early or due <= now else due
-
-    def start_estimate(self, position: int, read_at: float, running_starts: Sequence[float] = ()) -> float:
-        """When the job `position` places back (read at `read_at`) should start: simulate the slots.
-
-        At `read_at` every slot is busy. The caller knows when some of them free: its jobs running
-        then (finished since, or still running and due at start + run time); the other slots are taken
-        to free evenly over one run time. Each job ahead takes the next slot to free, for one run.
-        """
-        run_s = self.run_s if self.run_s is not None else self.first_probe_s * 4
-        known = [f for s, f in self.history if s <= read_at < f]
-        for start in running_starts:
-            if start <= read_at:  # overdue (not yet seen finished): its slot has been taken over since
-                due = start + run_s
-                known.append(due + run_s * max(0, math.ceil((read_at - due) / run_s)))
-        unknown = max(0, self.slots - len(known))
-        frees = known + [read_at + run_s * (i + 1) / unknown for i in range(unknown)]
-        heapq.heapify(frees)
-        for _ in range(position):
-            heapq.heappush(frees, heapq.heappop(frees) + run_s)
-        return frees[0]
-
-
-def next_running_start(track: Track, now: float, pacer: Pacer, predicted: float | None = None) -> float:
-    """When a job first seen running most likely started.
-
-    A job that never queued started at its submit. A queued one started when a slot freed since the
-    last answer: the last such moment the caller saw (one of its jobs finishing), else the
-    prediction if it fits, else the middle of the gap.
+    One per client; every waiter registers its `Track` (`register`), asks `plan` when to poll, and
+    reports each answer (`saw`); `saw` returns True when the other waiters should re-plan.
     """
-    if track.phase != "queued":
-        return track.submitted
-    earliest = track.last_poll if track.last_poll is not None else track.submitted
-    seen = pacer.last_free(earliest, now)
-    if seen is not None:
-        return seen
-    if predicted is not None and earliest <= predicted <= now:
-        return predicted
-    return (earliest + now) / 2
+
+    first_probe_s: float = 0.2  # before any run time is known: the first probe after the start
+    probe_ratio: float = 0.5  # ... then every 50% of the time run so far
+    follow_first: float = 0.03  # after an early answer: 3% of the run time, growing ×1.5,
+    follow_growth: float = 1.5
+    follow_cap: float = 0.10  # capped at 10% of the time run so far
+    frontier_min: float = 0.1  # the frontier's timer, as a fraction of the run time
+    frontier_max: float = 0.5
+    max_gap_s: float = 10.0  # the longest a waiter sleeps before re-planning (not a poll)
+    stale_s: float = 60.0  # a queued job behind the frontier is asked again after this long anyway
+    min_gap_s: float = 0.005
+    intersect_min: int = 3  # agreeing recent bounds needed before their intersection is trusted
+
+    live: dict[int, Track] = dataclasses.field(default_factory=dict)
+    offset: float | None = None  # server epoch seconds minus caller monotonic seconds
+    offset_error: float = math.inf
+    kicks: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
+    cascade: bool = False  # the frontier started with nothing of ours to explain it: ask the next now
+    frontier_read_at: float | None = None
+    drain_pairs: collections.deque[tuple[int, float]] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=8)
+    )
+    frees: collections.deque[float] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=64))
+    zero_seen: bool = False  # a position 0 was read: positions count from 0
+    min_position: int | None = None
+    frontier_starts: int = 0
+    _classes: dict[float, _SizeClass] = dataclasses.field(default_factory=dict)
+    _order: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
+
+    # -- the registry of live jobs ------------------------------------------------------------
+
+    def register(self, track: Track) -> None:
+        """Count `track` among the caller's live jobs (its waiter calls this before its first poll)."""
+        if id(track) not in self.live:
+            track.order = next(self._order)
+            self.live[id(track)] = track
+
+    def forget(self, track: Track) -> None:
+        """The waiter of `track` is done (finished, timed out or cancelled)."""
+        self.live.pop(id(track), None)
+
+    def frontier(self) -> Track | None:
+        """The caller's first queued job: the lowest last-read position, then the earliest registered.
+
+        Positions only fall, so a job's stale position is never below a fresher one's ahead of it."""
+        return min((t for t in self.live.values() if t.phase == "queued"), key=self._rank, default=None)
+
+    @staticmethod
+    def _rank(track: Track) -> tuple[int, int]:
+        return (track.position if track.position is not None else 1 << 62, track.order)
+
+    # -- learning -------------------------------------------------------------------------------
+
+    @property
+    def position_base(self) -> int:
+        """0 or 1: how the server counts positions (1 once three frontier jobs started and no 0 was seen)."""
+        if self.zero_seen or self.min_position is None:
+            return 0
+        return 1 if self.min_position >= 1 and self.frontier_starts >= 3 else 0
+
+    def estimate(self, megapixels: float | None) -> Estimate | None:
+        """The run time for a job of `megapixels`, or None before anything finished."""
+        key = _size_key(megapixels)
+        own = self._classes.get(key)
+        if own is not None and own.bounds:
+            return Estimate(_from_bounds(own.bounds, self.intersect_min), own.confirmed)
+        known = [(k, _from_bounds(c.bounds, self.intersect_min)) for k, c in self._classes.items() if c.bounds]
+        if not known:
+            return None
+        return Estimate(_extrapolate(known, key), False)
+
+    def _learn(self, track: Track, bound: Bound, finished: float) -> None:
+        cls = self._classes.setdefault(_size_key(track.megapixels), _SizeClass())
+        if cls.first_finish is None:
+            cls.first_finish = finished
+        elif not cls.confirmed and bound.started >= cls.first_finish - 1e-6:
+            cls.confirmed = True
+            old = _from_bounds(cls.bounds, self.intersect_min)
+            if not old / 1.5 <= bound.likely <= old * 1.5:
+                cls.bounds.clear()  # the first wave ran differently (a cold start): forget it
+        cls.bounds.append(bound)
+
+    def _learn_offset(self, track: Track, created: float | None) -> None:
+        if created is None or track.sent is None:
+            return
+        error = max(0.0, track.submitted - track.sent) / 2
+        if error < self.offset_error:
+            self.offset, self.offset_error = created - (track.sent + track.submitted) / 2, error
+
+    def _local(self, server_time: float | None) -> float | None:
+        return None if server_time is None or self.offset is None else server_time - self.offset
+
+    # -- answers --------------------------------------------------------------------------------
+
+    def saw(
+        self,
+        track: Track,
+        sent: float,
+        received: float,
+        phase: SeenPhase,
+        position: int | None = None,
+        *,
+        endpoint: Endpoint = "status",
+        created: float | None = None,
+        finished: float | None = None,
+    ) -> bool:
+        """Record one answer about `track` (a call sent at `sent`, answered at `received`, monotonic).
+
+        `created`/`finished` are the server's timestamps (epoch seconds) from a finished /result.
+        Returns True when the other waiters should re-plan (a finish, or the frontier moved).
+        """
+        track.polls += 1
+        track.last_poll = sent
+        was_frontier = track.phase == "queued" and self.frontier() is track
+        # A frontier seen started takes the oldest slot freed by one of the caller's finishes, if any.
+        kicked = self.kicks.popleft() if was_frontier and self.kicks and phase != "queued" else None
+        if was_frontier:
+            self.frontier_read_at = sent
+            self.cascade = False
+        if phase == "queued":
+            if was_frontier:  # every slot freed before this read went to a job ahead of it
+                while self.kicks and self.kicks[0] <= sent:
+                    self.kicks.popleft()
+            self._saw_queued(track, sent, position, was_frontier)
+            return was_frontier
+        if phase == "running":
+            if track.phase != "running":
+                self._saw_start(track, sent, received, kicked, was_frontier)
+                track.phase, track.early = "running", 0
+            elif endpoint == "result":
+                track.early += 1
+            track.last_running = sent
+            return was_frontier
+        if phase == "completed" or (endpoint == "status" and phase in ("failed", "cancelled")):
+            if track.phase == "queued":  # it started and ended between two looks
+                self._saw_start(track, sent, received, kicked, was_frontier)
+                track.seen_running = None
+            track.phase = "finished"  # its /result comes next
+            return True
+        self._saw_end(track, received, phase, created, finished)
+        return True
+
+    def _saw_queued(self, track: Track, sent: float, position: int | None, was_frontier: bool) -> None:
+        if position is not None:
+            if position == 0:
+                self.zero_seen = True
+            self.min_position = position if self.min_position is None else min(self.min_position, position)
+            if was_frontier and track.position is not None and track.position_at is not None:
+                self.drain_pairs.append((track.position - position, sent - track.position_at))
+            if track.position is not None and track.position_at is not None:
+                track.previous_position = (track.position_at, track.position)
+            track.position, track.position_at = position, sent
+        track.phase, track.last_queued, track.early = "queued", sent, 0
+        # The queue is first come, first served: the caller's jobs behind this one were queued then too.
+        rank = self._rank(track)
+        for other in self.live.values():
+            if other.phase == "queued" and self._rank(other) > rank:
+                other.last_queued = max(other.last_queued or sent, sent)
+
+    def _saw_start(self, track: Track, sent: float, received: float, kicked: float | None, frontier: bool) -> None:
+        track.seen_running = received
+        if track.last_queued is None:  # never seen queued: it started about when it was created
+            track.started = (track.sent + track.submitted) / 2 if track.sent is not None else track.submitted
+            return
+        low = track.last_queued
+        if frontier:
+            self.frontier_starts += 1
+            if track.position is not None and track.position_at is not None:
+                ahead = max(0, track.position - self.position_base) + 1
+                self.drain_pairs.append((ahead, max(received - track.position_at, 1e-3)))
+            if kicked is None:
+                self.cascade = True  # no finish of ours freed its slot: more may have started
+        if kicked is not None and low <= kicked <= received:
+            track.started = kicked
+            return
+        track.start_window = (low, received)
+        track.started = self._guess_start(low, received)
+
+    def _guess_start(self, low: float, high: float) -> float:
+        """The latest slot the caller saw freed in the window, else its middle."""
+        freed = [f for f in self.frees if low <= f <= high]
+        return max(freed) if freed else (low + high) / 2
+
+    def _saw_end(
+        self, track: Track, received: float, phase: SeenPhase, created: float | None, finished: float | None
+    ) -> None:
+        self._learn_offset(track, created)
+        local = self._local(finished)
+        end = received if local is None else min(local, received)
+        if phase != "cancelled":  # a slot freed: the first queued job may take it
+            self.frees.append(end)
+            if any(t.phase == "queued" for t in self.live.values()):
+                self.kicks.append(end)
+            for other in self.live.values():  # a start guessed before this finish was known may be it
+                if other.phase == "running" and other.start_window is not None:
+                    other.started = self._guess_start(*other.start_window)
+        if phase == "succeeded":
+            bound = self._bound(track, received, end, created, finished)
+            if bound is not None:
+                self._learn(track, bound, end)
+        track.phase = "finished"
+        self.forget(track)
+
+    def _bound(
+        self, track: Track, received: float, end: float, created: float | None, finished: float | None
+    ) -> Bound | None:
+        highs = []
+        if created is not None and finished is not None:
+            highs.append(finished - created)  # the server's own span: queueing included, so an upper bound
+        slack = self.offset_error if math.isfinite(self.offset_error) else 0.0  # the clock mapping's own error
+        after = track.last_queued if track.last_queued is not None else track.sent
+        if after is not None:
+            highs.append(end - after + slack)
+        low = 0.0
+        if track.seen_running is not None:
+            low = max(low, end - track.seen_running - slack)
+            if track.last_running is not None:
+                low = max(low, track.last_running - track.seen_running)
+        if track.position is not None and track.position_at is not None:
+            # k jobs ahead of it then: it had started by the (k+1)-th slot the caller saw freed since.
+            ahead = max(0, track.position - self.position_base)
+            since = sorted(f for f in self.frees if f >= track.position_at)
+            if len(since) > ahead:
+                low = max(low, end - since[ahead] - slack)
+        high = min(highs, default=math.inf)
+        if not math.isfinite(high) or high <= 0:
+            return None
+        low = min(low, high)
+        started = track.started if track.started is not None else track.submitted
+        return Bound(low, high, min(max(end - started, low), high), started)
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def plan(self, track: Track, now: float) -> Poll:
+        """The next call for `track` (pure: planning twice at the same moment gives the same answer)."""
+        if track.phase == "unknown":
+            return Poll(now, "status")  # every new job is asked once where it stands
+        if track.phase == "finished":
+            return Poll(now, "result")
+        est = self.estimate(track.megapixels)
+        if track.phase == "queued":
+            if self.frontier() is not track:
+                last = track.last_poll if track.last_poll is not None else now
+                return Poll(max(now, last + self.stale_s), "status")
+            return Poll(max(now, self._frontier_at(track, est)), "status")
+        return Poll(max(now, self._running_at(track, est)), "result")
+
+    def _frontier_at(self, track: Track, est: Estimate | None) -> float:
+        if self.kicks or self.cascade:
+            return -math.inf  # a slot freed, or something started unexplained: ask now
+        last = track.last_poll if track.last_poll is not None else track.submitted
+        base = max(last, self.frontier_read_at or last)
+        if est is None:  # nothing finished yet: probe at growing intervals (a finish kicks it anyway)
+            return base + max(self.first_probe_s, self.probe_ratio * (base - track.submitted))
+        run = est.seconds
+        expected = base + self.frontier_max * run
+        rate = self._drain_rate(track)
+        if rate is not None and track.position is not None and track.position_at is not None:
+            ahead = max(0, track.position - self.position_base) + 1
+            expected = track.position_at + ahead / rate if rate > 0 else math.inf
+        return min(max(expected, base + self.frontier_min * run), base + self.frontier_max * run)
+
+    def _drain_rate(self, track: Track) -> float | None:
+        """Positions per second: between this job's last two reads, else recent frontier reads."""
+        if track.previous_position is not None and track.position is not None and track.position_at is not None:
+            at, was = track.previous_position
+            if track.position_at - at > 1e-3:
+                return max(0.0, (was - track.position) / (track.position_at - at))
+        dropped = sum(d for d, _ in self.drain_pairs)
+        spent = sum(s for _, s in self.drain_pairs)
+        return dropped / spent if spent > 0 else None
+
+    def _running_at(self, track: Track, est: Estimate | None) -> float:
+        started = track.started if track.started is not None else track.submitted
+        last = track.last_poll if track.last_poll is not None else started
+        ran = max(0.0, last - started)
+        if est is None:
+            # Nothing learned: one job per size probes closely; the rest more sparsely, since the
+            # first finish wakes them all.
+            if self._is_scout(track):
+                return max(started + self.first_probe_s, last + self.probe_ratio * ran)
+            return max(started + 2 * self.first_probe_s, last + 2 * self.probe_ratio * ran)
+        due = self._due(started, est.seconds)
+        if not est.confirmed and (self._is_scout(track) or track.early):
+            # The estimate may be a cold first wave's or another size's: probe towards it, and past it
+            # at growing intervals rather than close follow-ups.
+            probe = max(started + self.first_probe_s, last + self.probe_ratio * ran)
+            return probe if last >= due or track.early else min(probe, due)
+        if not track.early:
+            return due
+        gap = self.follow_first * est.seconds * self.follow_growth ** (track.early - 1)
+        gap = min(gap, self.follow_cap * max(last - started, est.seconds))
+        return max(due, last + max(gap, self.min_gap_s))
+
+    def _due(self, started: float, run: float) -> float:
+        # Just after: an answer a hair early costs a second call.
+        return started + run + max(0.003, 0.01 * run)
+
+    def _is_scout(self, track: Track) -> bool:
+        """The earliest-started running job of its size since that size's first finish probes for all."""
+        key = _size_key(track.megapixels)
+        cls = self._classes.get(key)
+        since = cls.first_finish if cls is not None and cls.first_finish is not None else -math.inf
+        mates = [
+            t
+            for t in self.live.values()
+            if t.phase == "running" and _size_key(t.megapixels) == key and (t.started or t.submitted) >= since - 1e-6
+        ]
+        first = min(mates, key=lambda t: (t.started or t.submitted, t.order), default=None)
+        return first is track
+
+
+def _size_key(megapixels: float | None) -> float:
+    return _ANY_SIZE if megapixels is None else round(megapixels, 3)
+
+
+def _from_bounds(bounds: Iterable[Bound], intersect_min: int) -> float:
+    """From the longest run of recent bounds that agree (if long enough): the upper end of their
+    intersection when it is narrow, else their typical likely value inside it. Otherwise (a jittery
+    server) the median likely value of recent bounds."""
+    recent = list(bounds)
+    low, high, n = -math.inf, math.inf, 0
+    for b in reversed(recent):
+        if max(low, b.low) > min(high, b.high):
+            break
+        low, high, n = max(low, b.low), min(high, b.high), n + 1
+    if n >= min(intersect_min, len(recent)):
+        if high - low <= max(0.05 * high, 0.01):
+            return high
+        return min(max(statistics.median(b.likely for b in recent[-n:][-15:]), low), high)
+    return statistics.median(b.likely for b in recent[-15:])
+
+
+def _extrapolate(known: list[tuple[float, float]], key: float) -> float:
+    """A run time for an unseen size: linear in megapixels through the known sizes (least squares)."""
+    sized = [(k, v) for k, v in known if k != _ANY_SIZE]
+    if key == _ANY_SIZE or not sized:
+        return statistics.median(v for _, v in known)
+    if len({k for k, _ in sized}) == 1:
+        return sized[0][1]
+    mean_x = statistics.fmean(k for k, _ in sized)
+    mean_y = statistics.fmean(v for _, v in sized)
+    slope = sum((k - mean_x) * (v - mean_y) for k, v in sized) / sum((k - mean_x) ** 2 for k, _ in sized)
+    lowest = min(v for _, v in sized)
+    return max(lowest * 0.25, mean_y + slope * (key - mean_x))
