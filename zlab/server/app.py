@@ -292,7 +292,7 @@ def _json(state: ServerState, endpoint: str, body: dict[str, Any], status: int =
     faults = state.faults
     if faults.trickle and endpoint in faults.trickle_on:
         state.stats.count_fault("trickle")
-        return trickled(json.dumps(body).encode(), faults.trickle, "application/json", status)
+        return trickled(bytes(JSONResponse(body).body), faults.trickle, "application/json", status)
     return JSONResponse(body, status_code=status)
 
 
