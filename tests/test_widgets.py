@@ -1,19 +1,30 @@
-"""The sweep builder and the gallery, driven as a person would (set values, click) without a browser,
-against the built-in local server over real loopback HTTP; plus the pure layers under them."""
+"""The sweep builder, driven as a person would (set values, click) without a browser, against the
+built-in local server over real loopback HTTP; plus the pure layer under it and the thumbnail table.
+The gallery's own tests are in test_gallery.py (kernel side) and test_gallery_browser.py (JupyterLab)."""
 
 from __future__ import annotations
 
-import io
+import dataclasses
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from zlab.client import Client
 from zlab.display import thumbnail_table
 from zlab.errors import ValidationError
-from zlab.frontend import Form, LoraRow, build_sweep, parse_seeds, parse_sizes, plan_summary, scale_values, sheet_axes
-from zlab.gallery import GalleryModel, varying_columns
+from zlab.frontend import (
+    Form,
+    LoraRow,
+    build_sweep,
+    parse_paths,
+    parse_prompts,
+    parse_seeds,
+    parse_sizes,
+    parse_zip,
+    plan_summary,
+    scale_values,
+    sheet_axes,
+)
 from zlab.server import LocalServer
 from zlab.sweep import Sweep
 from zlab.widgets import Gallery, SweepBuilder
@@ -43,10 +54,6 @@ def run_dir(tmp_path_factory, client):
     res = client.run(build_sweep(form), out, concurrency=8, progress=False, cache=False, echo=lambda _: None)
     assert res.ok
     return out
-
-
-def png_size(data: bytes | memoryview) -> tuple[int, int]:
-    return Image.open(io.BytesIO(bytes(data))).size
 
 
 # ---------------------------------------------------------------- the builder's pure layer
@@ -102,6 +109,32 @@ def test_sheet_axes_put_scales_across_seeds_down_sizes_on_pages():
     assert sheet_axes([]) == (None, None, None)
 
 
+def test_prompt_lines_lora_paths_and_zip_groups_become_axes():
+    assert parse_prompts("a fox\n\n a cat ") == ["a fox", "a cat"]
+    assert parse_paths("o/a, o/b") == ["o/a", "o/b"]
+    assert parse_zip("lora1_scale, lora2_scale; prompt+seed") == [["lora1_scale", "lora2_scale"], ["prompt", "seed"]]
+    with pytest.raises(ValidationError, match="prompt"):
+        parse_prompts("a fox\na fox")
+    form = Form(
+        "a fox\na cat",
+        (LoraRow("o/a, o/b", 0, 1, 2), LoraRow("o/c", 0, 1, 2)),
+        seeds="1, 2",
+        sizes="512x512",
+        zip="lora1_scale, lora2_scale",
+    )
+    plan = plan_summary(form)
+    assert plan.ok, plan.text
+    assert plan.text.startswith("16 cells (prompt[2] × lora1_path[2] × lora1_scale+lora2_scale[2] × seed[2])")
+    sweep = plan.sweep
+    assert sweep.zip == (("lora1_scale", "lora2_scale"),)
+    cells = sweep.plan()
+    assert set(zip(cells["lora1_scale"], cells["lora2_scale"], strict=True)) == {(0, 0), (1, 1)}
+    assert set(cells["lora1_path"]) == {"o/a", "o/b"} and set(cells["prompt"]) == {"a fox", "a cat"}
+    assert sweep.sheet == {"x": "lora1_scale", "y": "seed", "page": "prompt"}
+    bad = plan_summary(dataclasses.replace(form, zip="lora1_scale, colour"))
+    assert not bad.ok and "colour" in bad.text
+
+
 def test_plan_summary_counts_and_reports_errors_instead_of_raising():
     good = plan_summary(Form("a fox", (LoraRow("o/n", 0, 1.5, 4),), seeds="1-3", sizes="1000x1000"))
     assert good.ok and good.text.startswith("12 cells (lora1_scale[4] × seed[3]), 12.0 MP, ≈$0.10 estimated")
@@ -147,11 +180,13 @@ def test_builder_run_button_runs_and_shows_the_sheet(client, tmp_path):
     assert sorted(res.df["seed"].unique()) == [5, 6] and sorted(res.df["lora1_scale"].unique()) == [0, 1.5]
     assert "4 succeeded" in builder.status.value
     gallery = builder.gallery
-    assert builder.result_box.children == (gallery.widget,)
-    assert (gallery.x.value, gallery.y.value) == ("lora1_scale", "seed")
-    assert bytes(gallery.sheet_image.value).startswith(PNG)
-    assert png_size(gallery.sheet_image.value) == builder.sheet.pages[0].size
+    assert isinstance(gallery, Gallery) and builder.result_box.children == (gallery,)
+    assert (gallery.x, gallery.y) == ("lora1_scale", "seed")
+    assert gallery.model.client is client  # reruns from the gallery reuse the builder's client
+    assert len(gallery.thumbs) == 4 and all(bytes(b).startswith(b"\xff\xd8") for b in gallery.thumbs)
     assert not builder.run_button.disabled
+    html = builder.static_html()  # what a saved notebook shows: the plan, the summary and the images
+    assert "4 cells" in html and "4 succeeded" in html and html.count("data:image/jpeg;base64,") == 4
 
     # Same sweep again: resumes, nothing is generated again.
     builder.run_button.click()
@@ -163,12 +198,11 @@ def test_builder_makes_its_own_local_client_when_none_is_given(tmp_path):
     builder.sizes.value, builder.seeds.value = "256x256", "1"
     builder.lora_rows[0][1].value, builder.lora_rows[0][2].value, builder.lora_rows[0][3].value = 1.0, 1.0, 1
     builder.out_dir = tmp_path / "one"
-    try:
-        assert builder.run() is builder.results and builder.results.ok and len(builder.results.df) == 1
-        assert builder.gallery.model.columns == []  # one image: no axes, one cell
-        assert bytes(builder.gallery.detail_image.value).startswith(PNG)
-    finally:
-        builder.client.close()
+    assert builder.run() is builder.results and builder.results.ok and len(builder.results.df) == 1
+    assert builder.gallery.model.columns == []  # one image: no axes, one cell
+    assert builder.gallery.model.detail(0).image.startswith(PNG)
+    # a second builder reuses the first one's client (and its local server) instead of starting another
+    assert SweepBuilder().client is builder.client
 
 
 def test_builder_shows_run_errors_instead_of_raising(client, tmp_path):
@@ -181,73 +215,7 @@ def test_builder_shows_run_errors_instead_of_raising(client, tmp_path):
     assert "#aa1e1e" in builder.status.value and not builder.run_button.disabled
 
 
-# ---------------------------------------------------------------- Gallery
-
-
-def test_gallery_defaults_pages_and_detail(run_dir):
-    gallery = Gallery(run_dir, cell_width=64)
-    assert (gallery.x.value, gallery.y.value, gallery.page.value) == ("lora1_scale", "seed", "size")
-    assert gallery.page_slider.max == 1 and not gallery.page_slider.disabled
-    assert gallery.page_label.value == "page 1 of 2 · size 256x256"
-    labels = [label for label, _ in gallery.cells.options]
-    assert labels == [
-        "size 256x256 · seed 3 · lora1_scale 0",
-        "size 256x256 · seed 3 · lora1_scale 1",
-        "size 256x256 · seed 4 · lora1_scale 0",
-        "size 256x256 · seed 4 · lora1_scale 1",
-    ]
-    assert gallery.cells.value == gallery.cells.options[0][1]
-    first_sheet = gallery.sheet_image.value
-
-    gallery.page_slider.value = 1
-    assert gallery.page_label.value == "page 2 of 2 · size 256x320"
-    assert all(label.startswith("size 256x320") for label, _ in gallery.cells.options)
-    assert gallery.sheet_image.value != first_sheet
-
-    # Picking a cell shows that image, byte for byte, and its parameters.
-    label, row = gallery.cells.options[3]
-    gallery.cells.value = row
-    chosen = gallery.model.sheet.df.iloc[row]
-    assert bytes(gallery.detail_image.value) == (run_dir / chosen["image_path"]).read_bytes()
-    assert png_size(gallery.detail_image.value) == (256, 320)
-    info = gallery.detail_info.value
-    assert label in info and chosen["key"] in info and ">seed</th>" in info and "owner/style" in info
-
-
-def test_gallery_selection_is_outlined_on_the_sheet(run_dir):
-    model = GalleryModel(run_dir, cell_width=64)
-    first = Image.open(io.BytesIO(model.page_png())).convert("RGB")
-    model.select(model.cells_on_page()[1][1])
-    second = Image.open(io.BytesIO(model.page_png())).convert("RGB")
-    row = model.sheet.df.iloc[model.selected]
-    above = ((int(row["sheet_left"]) + int(row["sheet_right"])) // 2, int(row["sheet_top"]) - 2)
-    assert second.getpixel(above) == (255, 128, 0)  # the outline is just outside the cell
-    assert first.getpixel(above) != (255, 128, 0)  # the first cell was selected before
-
-
-def test_gallery_axis_dropdowns_swap_and_refuse(run_dir):
-    gallery = Gallery(run_dir, cell_width=64)
-    gallery.x.value = "seed"  # seed was on y: x and y swap rather than clash
-    assert (gallery.x.value, gallery.y.value, gallery.page.value) == ("seed", "lora1_scale", "size")
-    assert gallery.cells.options[1][0] == "size 256x256 · lora1_scale 0 · seed 4"
-    gallery.page.value = "(none)"  # size now varies inside a cell: drawn stacked, and said so
-    assert gallery.model.page is None and gallery.page_slider.disabled
-    assert "stacked: size" in gallery.note.value
-    assert len(gallery.cells.options) == 8
-
-    note = gallery.model.set_axes("lora1_scale", "colour")  # not a column of this run
-    assert "no column 'colour'" in note and (gallery.model.x, gallery.model.y) == ("seed", "lora1_scale")
-    assert gallery.model.set_axes("lora1_scale", "lora1_scale") == "x, y and page must be different columns"
-
-
-def test_gallery_accepts_a_dataframe_or_a_run_result(run_dir, client):
-    df = pd.read_parquet(run_dir / "results.parquet")
-    assert varying_columns(df) == ["lora1_scale", "seed", "size"]  # width and height go with size
-    assert varying_columns(df.assign(lora2_scale=df["lora1_scale"] * 2)) == ["lora1_scale", "seed", "size"]
-    model = GalleryModel(df[df["size"] == "256x256"], root=run_dir)
-    assert (model.x, model.y, model.page, model.page_count) == ("lora1_scale", "seed", None, 1)
-    with pytest.raises(ValidationError, match=r"results\.parquet"):
-        GalleryModel(run_dir / "nowhere")
+# ---------------------------------------------------------------- thumbnail table
 
 
 def test_thumbnail_table_embeds_each_image_and_says_why_one_is_missing(run_dir):

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
 from typing import Any
 
 from zlab.axes import axis_values, clean_number, parse_range
 from zlab.config import DEFAULT_PRICE_PER_MP
 from zlab.errors import ValidationError, ZlabError
 from zlab.request import MAX_LORAS, LoRA, Request
+from zlab.results import AXIS_PREFERENCE, axis_rank, sheet_axes
 from zlab.sweep import Sweep
 
-# Which varying axis goes where on a sheet: what a LoRA does is the question, so its scale goes
-# across; seeds show how much is chance, so they go down; sizes and prompts page.
-AXIS_PREFERENCE = ("lora1_scale", "lora2_scale", "lora3_scale", "seed", "prompt", "size", "width", "height")
+__all__ = [
+    "AXIS_PREFERENCE", "Form", "LoraRow", "PlanSummary", "axis_rank", "build_sweep", "default_out_dir",
+    "parse_paths", "parse_prompts", "parse_seeds", "parse_sizes", "parse_zip", "plan_summary", "scale_values",
+    "sheet_axes",
+]  # fmt: skip
 _INT_SPAN = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 _SPLIT = re.compile(r"[,;\s]+")
 MAX_STEPS = 50  # more than this per LoRA row is a typo, not a sweep anyone wants to pay for
@@ -33,7 +35,8 @@ MAX_STEPS = 50  # more than this per LoRA row is a typo, not a sweep anyone want
 
 @dataclasses.dataclass(frozen=True)
 class LoraRow:
-    """One LoRA row of the builder: an empty `path` means the row is unused."""
+    """One LoRA row of the builder: an empty `path` means the row is unused; several paths separated by
+    commas make a `loraN_path` axis (the same scales for each file)."""
 
     path: str = ""
     start: float = 1.0
@@ -49,11 +52,12 @@ class LoraRow:
 class Form:
     """Everything the builder's widgets hold, as plain values (text fields stay text until parsed)."""
 
-    prompt: str
+    prompt: str  # one prompt per line: several lines make a `prompt` axis
     loras: tuple[LoraRow, ...] = ()
     seeds: str = "1"
     sizes: str = "1024x1024"
     concurrency: int = 8
+    zip: str = ""  # axes that move together: "lora1_scale, lora2_scale; prompt, seed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,45 +133,71 @@ def scale_values(row: LoraRow, index: int = 1) -> list[float | int]:
     return axis_values(name, [clean_number(row.start + span * i / (row.steps - 1)) for i in range(row.steps)])
 
 
+def parse_prompts(text: str) -> list[str]:
+    """Prompts from text, one per non-empty line (several lines make a prompt axis)."""
+    prompts = [line.strip() for line in text.splitlines() if line.strip()] if isinstance(text, str) else []
+    if not prompts:
+        raise ValidationError("prompt", text, "a prompt (one per line for several)")
+    if len(set(prompts)) < len(prompts):
+        raise ValidationError("prompt", text, "different prompts on each line")
+    return prompts
+
+
+def parse_paths(text: str, index: int = 1) -> list[str]:
+    """LoRA files from a row's text: "owner/a, owner/b" → two paths (a `loraN_path` axis)."""
+    paths = [p.strip() for p in text.split(",") if p.strip()]
+    if len(set(paths)) < len(paths):
+        raise ValidationError(f"lora{index}_path", text, "different LoRA paths, separated by commas")
+    return paths
+
+
+def parse_zip(text: str) -> list[list[str]]:
+    """Zip groups from text: "lora1_scale, lora2_scale; prompt, seed" → [[lora1_scale, lora2_scale], [prompt, seed]]."""
+    groups = []
+    for piece in (text or "").split(";"):
+        names = [n for n in _SPLIT.split(piece.replace("+", " ").strip()) if n]
+        if names:
+            groups.append(names)
+    return groups
+
+
 def build_sweep(form: Form, *, name: str | None = None) -> Sweep:
     """The sweep a form describes. Axes with one value go into the base request, so the plan's axes
-    (and the sheet's) are only what actually varies; several LoRA rows form a product of their scales."""
+    (and the sheet's) are only what actually varies: several prompt lines make a `prompt` axis, several
+    paths in a LoRA row a `loraN_path` axis, and axes named in `form.zip` move together."""
     used = [(i, row) for i, row in enumerate(form.loras, start=1) if row.used]
     if len(form.loras) > MAX_LORAS:
         raise ValidationError("loras", f"{len(form.loras)} rows", f"at most {MAX_LORAS} LoRA rows")
     # Rows are numbered by position among the *used* rows: that is the LoRA's index in the request.
     scales = [(n, scale_values(row, n)) for n, (_, row) in enumerate(used, start=1)]
+    paths = [(n, parse_paths(row.path, n)) for n, (_, row) in enumerate(used, start=1)]
+    prompts = parse_prompts(form.prompt)
     seeds = parse_seeds(form.seeds)
     sizes = parse_sizes(form.sizes)
     width, height = (int(v) for v in sizes[0].split("x"))
-    loras = tuple(LoRA(row.path.strip(), values[0]) for (_, row), (_, values) in zip(used, scales, strict=True))
-    base = Request(form.prompt, loras=loras, width=width, height=height, seed=seeds[0])
+    loras = tuple(LoRA(p[0], s[0]) for (_, p), (_, s) in zip(paths, scales, strict=True))
+    base = Request(prompts[0], loras=loras, width=width, height=height, seed=seeds[0])
     axes: dict[str, list[Any]] = {}
-    for n, values in scales:
+    if len(prompts) > 1:
+        axes["prompt"] = prompts
+    for (n, values), (_, files) in zip(scales, paths, strict=True):
+        if len(files) > 1:
+            axes[f"lora{n}_path"] = files
         if len(values) > 1:
             axes[f"lora{n}_scale"] = values
     if len(seeds) > 1:
         axes["seed"] = seeds
     if len(sizes) > 1:
         axes["size"] = sizes
-    return Sweep(base, axes, name=name, sheet=dict(zip(("x", "y", "page"), sheet_axes(axes), strict=True)))
+    zipped = parse_zip(form.zip)
+    sheet = dict(zip(("x", "y", "page"), sheet_axes(_sheet_columns(axes, zipped)), strict=True))
+    return Sweep(base, axes, zipped=zipped, name=name, sheet=sheet)
 
 
-def sheet_axes(columns: Sequence[str] | dict[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """(x, y, page) for a contact sheet of these varying columns, by `AXIS_PREFERENCE`.
-
-    >>> sheet_axes(["seed", "size", "lora1_scale"])
-    ('lora1_scale', 'seed', 'size')
-    """
-    names = list(columns)
-    ranked = sorted(names, key=lambda c: (axis_rank(c), names.index(c)))
-    picked = [*ranked[:3], None, None, None]
-    return picked[0], picked[1], picked[2]
-
-
-def axis_rank(column: str) -> int:
-    """Position in `AXIS_PREFERENCE`; other columns (extra axes) come after, in their own order."""
-    return AXIS_PREFERENCE.index(column) if column in AXIS_PREFERENCE else len(AXIS_PREFERENCE)
+def _sheet_columns(axes: dict[str, list[Any]], zipped: list[list[str]]) -> list[str]:
+    """Axes that need a place on the sheet: one per zip group (its partners follow it)."""
+    followers = {name for group in zipped for name in sorted(group, key=axis_rank)[1:]}
+    return [a for a in axes if a not in followers]
 
 
 def plan_summary(form: Form, *, price_per_mp: float = DEFAULT_PRICE_PER_MP) -> PlanSummary:
@@ -179,7 +209,14 @@ def plan_summary(form: Form, *, price_per_mp: float = DEFAULT_PRICE_PER_MP) -> P
     except ZlabError as exc:
         return PlanSummary(False, f"⚠ {exc}", None, exc)
     est = sweep.estimate(form.concurrency, price_per_mp=price_per_mp)
-    axes = " × ".join(f"{a}[{len(v)}]" for a, v in sweep.axes.items()) or "no axis"
+    zipped = {a: group for group in sweep.zip for a in group}
+    shown = []
+    for a, v in sweep.axes.items():
+        if a not in zipped:
+            shown.append(f"{a}[{len(v)}]")
+        elif zipped[a][0] == a:  # a zip group counts once, named by all its axes
+            shown.append(f"{'+'.join(zipped[a])}[{len(v)}]")
+    axes = " × ".join(shown) or "no axis"
     cells = "1 cell" if est.cells == 1 else f"{est.cells} cells"
     # Estimate's own str says the rest; reuse it so the builder and `zlab run` word the plan alike.
     rest = str(est).split(", ", 1)[1]

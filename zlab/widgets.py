@@ -1,15 +1,17 @@
-"""Notebook front ends (ipywidgets 8): `SweepBuilder` to design and run a sweep, `Gallery` to browse one.
+"""Notebook front ends: `SweepBuilder` (ipywidgets 8) to design and run a sweep, and `Gallery` (an
+anywidget, in `zlab.gallery_view`) to compare and pick from one.
 
 Both are thin: each widget event copies values into the pure layer (`zlab.frontend` for the builder,
 `zlab.gallery.GalleryModel` for the gallery) and shows what comes back. Widget children are public
-attributes, so a test (or a script) can set `.value`s and call `.click()` without a browser.
+attributes, so a test (or a script) can set `.value`s and call `.click()` without a browser. Each is
+shown with a static copy before it (`zlab.fallback`), so a saved notebook, an export or a report
+shows the form's plan and the run's images rather than a widget error.
 
 >>> from zlab.widgets import SweepBuilder, Gallery    # doctest: +SKIP
 >>> builder = SweepBuilder(); builder                 # doctest: +SKIP
 >>> Gallery("runs/tc")                                # doctest: +SKIP
 
-This module is imported only when asked for (`import zlab` does not load ipywidgets). Widgets render
-only in a live kernel: papermill reports show them blank, so the report notebooks draw sheets as images.
+This module is imported only when asked for (`import zlab` does not load ipywidgets or anywidget).
 """
 
 from __future__ import annotations
@@ -24,41 +26,49 @@ import ipywidgets as w
 
 from zlab.config import DEFAULT_PRICE_PER_MP, resolve_settings
 from zlab.errors import ZlabError
+from zlab.fallback import LIVE_CLASS, show
 from zlab.frontend import Form, LoraRow, default_out_dir, plan_summary
-from zlab.gallery import GalleryModel
+from zlab.gallery_view import Gallery
 from zlab.request import DEFAULT_LORA_PATH, MAX_LORAS
 
 if TYPE_CHECKING:
     from zlab.client import Client
     from zlab.runner import RunResult
-    from zlab.sheet import ContactSheet
     from zlab.sweep import Sweep
 
-__all__ = ["Gallery", "SweepBuilder"]
+__all__ = ["Gallery", "SweepBuilder", "shared_client"]
 
-NONE = "(none)"  # the dropdown entry for "no y / page axis"
 _WIDE = {"width": "640px"}
 _LABEL = {"description_width": "90px"}
 
 
-def _sync(widget: Any, **values: Any) -> None:
-    """Set several traits at once (one message to the front end, one round of observers)."""
-    with widget.hold_trait_notifications():
-        for name, value in values.items():
-            setattr(widget, name, value)
+_SHARED: dict[str, Client] = {}
+
+
+def shared_client() -> Client:
+    """One client per kernel for the widgets that were given none, so a second builder (or a gallery's
+    rerun) reuses the first one's connection and local server instead of starting another."""
+    if "client" not in _SHARED:
+        from zlab.client import Client
+
+        _SHARED["client"] = Client()
+    return _SHARED["client"]
 
 
 class SweepBuilder:
-    """A form for a sweep: prompt, up to three LoRAs (each a scale range), seeds and sizes.
+    """A form for a sweep: prompts (one per line: several make a prompt axis), up to three LoRAs (each a
+    scale range; several paths separated by commas make a `loraN_path` axis), seeds, sizes, and axes
+    that move together (zip: ``lora1_scale, lora2_scale``).
 
     The plan line (cells, megapixels, estimated cost and time) updates as you type and shows what is
     wrong instead of raising. **Run** runs the sweep into `out_dir` with a progress bar, then shows a
     `Gallery` of the results. `.sweep` is the sweep the form describes (None while it is invalid),
-    `.results` the last `RunResult`, `.sheet` its contact sheet.
+    `.results` the last `RunResult`, `.gallery` its gallery.
 
-    `client`: a `zlab.Client`; by default one is made at the first run (the built-in local server when
-    no RUNCOMFY_TOKEN is set). `out_dir`: where runs go; by default ``runs/builder-<fingerprint>``, so
-    the same sweep resumes and a changed one gets its own directory.
+    `client`: a `zlab.Client` to reuse (its connection and, without a token, its local server); by
+    default the kernel's shared one (`shared_client`), made at the first run. `out_dir`: where runs go;
+    by default ``runs/builder-<fingerprint>``, so the same sweep resumes and a changed one gets its own
+    directory.
     """
 
     def __init__(
@@ -78,7 +88,11 @@ class SweepBuilder:
         self.price_per_mp = self._price(client)
 
         self.prompt = w.Textarea(
-            prompt, description="prompt", layout=w.Layout(width="640px", height="64px"), style=_LABEL
+            prompt,
+            description="prompt",
+            placeholder="one prompt per line: several lines make a prompt axis",
+            layout=w.Layout(width="640px", height="64px"),
+            style=_LABEL,
         )
         self.lora_rows: list[tuple[w.Text, w.BoundedFloatText, w.BoundedFloatText, w.BoundedIntText]] = []
         for i in range(MAX_LORAS):
@@ -88,7 +102,7 @@ class SweepBuilder:
                     w.Text(
                         lora if first else "",
                         description=f"LoRA {i + 1}",
-                        placeholder="owner/name or https://…",
+                        placeholder="owner/name or https://… (a, b: a path axis)",
                         layout=w.Layout(width="330px"),
                         style=_LABEL,
                     ),
@@ -130,6 +144,13 @@ class SweepBuilder:
         self.sizes = w.Text(
             "1024x1024", description="sizes", placeholder="1024x1024, 768x1344", layout=w.Layout(**_WIDE), style=_LABEL
         )
+        self.zip = w.Text(
+            "",
+            description="zip",
+            placeholder="axes that move together: lora1_scale, lora2_scale; prompt, seed",
+            layout=w.Layout(**_WIDE),
+            style=_LABEL,
+        )
         self.concurrency = w.BoundedIntText(
             8, min=1, max=256, description="concurrency", style=_LABEL, layout=w.Layout(width="200px")
         )
@@ -150,6 +171,7 @@ class SweepBuilder:
             *(x for row in self.lora_rows for x in row),
             self.seeds,
             self.sizes,
+            self.zip,
             self.concurrency,
             self.out_dir_text,
         ]
@@ -162,6 +184,7 @@ class SweepBuilder:
                 *(w.HBox(list(row)) for row in self.lora_rows),
                 self.seeds,
                 self.sizes,
+                self.zip,
                 w.HBox([self.concurrency, self.out_dir_text]),
                 self.summary,
                 w.HBox([self.run_button, self.status]),
@@ -169,6 +192,8 @@ class SweepBuilder:
                 self.result_box,
             ]
         )
+        self.widget.add_class(LIVE_CLASS)
+        self._static: Any = None  # the display handle of the static copy, updated after a run
         self._refresh()
 
     @staticmethod
@@ -185,7 +210,9 @@ class SweepBuilder:
     def form(self) -> Form:
         """The widgets' current values as a `zlab.frontend.Form`."""
         rows = tuple(LoraRow(p.value, float(a.value), float(b.value), int(n.value)) for p, a, b, n in self.lora_rows)
-        return Form(self.prompt.value, rows, self.seeds.value, self.sizes.value, int(self.concurrency.value))
+        return Form(
+            self.prompt.value, rows, self.seeds.value, self.sizes.value, int(self.concurrency.value), self.zip.value
+        )
 
     @property
     def out_dir(self) -> Path | None:
@@ -200,16 +227,11 @@ class SweepBuilder:
 
     @property
     def client(self) -> Client:
+        """The client runs go through: the one given, else the kernel's shared one."""
         if self._client is None:
-            from zlab.client import Client
-
             with self.output:  # "using the built-in local server" lands beside the run's log
-                self._client = Client()
+                self._client = shared_client()
         return self._client
-
-    @property
-    def sheet(self) -> ContactSheet | None:
-        return self.gallery.model.sheet if self.gallery is not None else None
 
     # ------------------------------------------------------------ events
 
@@ -258,123 +280,39 @@ class SweepBuilder:
         if not (df["status"] == "succeeded").any():
             return res
         try:
-            self.gallery = Gallery(df, root=res.out, cell_width=self.cell_width)
+            self.gallery = Gallery(df, root=res.out, cell_width=self.cell_width, client=self.client)
         except ZlabError as exc:
-            self._say(f"{res.summary()}; no sheet: {exc}", error=True)
+            self._say(f"{res.summary()}; no gallery: {exc}", error=True)
             return res
-        self.result_box.children = (self.gallery.widget,)
+        self.result_box.children = (self.gallery,)
+        if self._static is not None:  # a saved notebook shows the run's images, not the empty form
+            self._static.update(self._static_bundle())
         return res
 
     def _say(self, text: str, error: bool = False) -> None:
         color = "#aa1e1e" if error else "#1c1c1c"
         self.status.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
 
+    def static_html(self) -> str:
+        """What a saved notebook shows for the builder: the plan line, and the last run's gallery."""
+        parts = [f"<div><b>zlab sweep builder</b> · {self.summary.value}</div>"]
+        if self.results is not None:
+            parts.append(f"<div>{html.escape(self.results.summary())}</div>")
+        if self.gallery is not None:
+            parts.append(self.gallery.static_html())
+        return "".join(parts)
+
+    def _static_bundle(self) -> dict[str, str]:
+        from zlab.fallback import static_bundle
+
+        return static_bundle(self.static_html(), repr(self), str(self.widget.model_id))
+
+    def _ipython_display_(self) -> None:
+        self._static = show(self.widget, self.static_html(), repr(self))
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        data = self.widget._repr_mimebundle_(**kwargs)
+        return {**data, **self._static_bundle()} if isinstance(data, dict) else data
 
     def __repr__(self) -> str:
         return f"<SweepBuilder {self.sweep!r}>"
-
-
-class Gallery:
-    """Browse a run as contact sheet pages: pick the x / y / page columns, step through pages, pick a
-    cell to see its full image and parameters.
-
-    `source`: a run directory, a `RunResult` or a results DataFrame (images relative to `root`,
-    default the run directory). One image widget shows the sheet page (the selected cell outlined),
-    one the selected cell's full image.
-    """
-
-    def __init__(self, source: Any, *, root: str | os.PathLike[str] | None = None, cell_width: int = 192) -> None:
-        self.model = GalleryModel(source, root=root, cell_width=cell_width)
-        m = self.model
-        axes = [NONE, *m.columns]
-        small = w.Layout(width="220px")
-        self.x = w.Dropdown(options=axes, value=m.x or NONE, description="x", layout=small)
-        self.y = w.Dropdown(options=axes, value=m.y or NONE, description="y", layout=small)
-        self.page = w.Dropdown(options=axes, value=m.page or NONE, description="page", layout=small)
-        self.page_slider = w.IntSlider(0, min=0, max=0, description="page", continuous_update=False)
-        self.page_label = w.Label()
-        self.note = w.HTML()
-        self.sheet_image = w.Image(format="png", layout=w.Layout(max_width="100%"))
-        self.cells = w.Select(options=[], rows=10, description="cell", layout=w.Layout(width="320px"))
-        self.detail_image = w.Image(format="png", layout=w.Layout(max_width="512px"))
-        self.detail_info = w.HTML()
-        self._busy = False  # set while we write widgets ourselves, so their observers do not echo back
-
-        for dropdown in (self.x, self.y, self.page):
-            dropdown.observe(self._on_axes, names="value")
-        self.page_slider.observe(self._on_page, names="value")
-        self.cells.observe(self._on_cell, names="value")
-        self.widget = w.VBox(
-            [
-                w.HBox([self.x, self.y, self.page]),
-                w.HBox([self.page_slider, self.page_label]),
-                self.note,
-                self.sheet_image,
-                w.HBox([self.cells, w.VBox([self.detail_image, self.detail_info])]),
-            ]
-        )
-        self._show_sheet()
-
-    # ------------------------------------------------------------ events
-
-    def _on_axes(self, change: dict[str, Any]) -> None:
-        if self._busy:
-            return
-        axis = {id(self.x): "x", id(self.y): "y", id(self.page): "page"}[id(change["owner"])]
-        self.model.choose(axis, None if change["new"] == NONE else change["new"])
-        self._show_sheet()
-
-    def _on_page(self, change: dict[str, Any]) -> None:
-        if not self._busy:
-            self.model.set_page(change["new"])
-            self._show_page()
-
-    def _on_cell(self, change: dict[str, Any]) -> None:
-        if not self._busy and change["new"] is not None:
-            self.model.select(change["new"])
-            self._show_selection()
-
-    # ------------------------------------------------------------ model → widgets
-
-    def _show_sheet(self) -> None:
-        m = self.model
-        self._busy = True
-        try:
-            # a refused choice leaves the model's axes as they were: put the dropdowns back too
-            for dropdown, value in ((self.x, m.x), (self.y, m.y), (self.page, m.page)):
-                dropdown.value = value or NONE
-            _sync(self.page_slider, max=max(0, m.page_count - 1), value=m.page_index, disabled=m.page_count <= 1)
-        finally:
-            self._busy = False
-        self.note.value = f"<span style='color:#8a5a00'>{html.escape(m.note)}</span>" if m.note else ""
-        self._show_page()
-
-    def _show_page(self) -> None:
-        m = self.model
-        self._busy = True
-        try:
-            # options first: a Select validates its value against the options it has at that moment
-            self.cells.options = m.cells_on_page()
-            self.cells.value = m.selected
-        finally:
-            self._busy = False
-        self.page_label.value = m.page_label()
-        self._show_selection()
-
-    def _show_selection(self) -> None:
-        self.sheet_image.value = self.model.page_png()
-        detail = self.model.detail()
-        if detail is None:
-            self.detail_image.value, self.detail_info.value = b"", ""
-            return
-        _sync(self.detail_image, format=detail.format, value=detail.image or b"")
-        self.detail_info.value = detail.html
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def __repr__(self) -> str:
-        m = self.model
-        return f"<Gallery x={m.x} y={m.y} page={m.page}: {m.page_count} page(s), {len(m.df)} results>"

@@ -1,0 +1,190 @@
+"""The results table's conventions, in one place: where a table's run directory is, which columns vary,
+which axis a column prefers, and the picks (favourites and ratings) a person made in the gallery.
+
+The columns themselves are `zlab.store.RESULT_COLUMNS`; everything that reads a results table to show
+it (sheets, the gallery, the builder, reports) asks this module rather than guessing.
+
+>>> df = load_results("runs/tc")          # results.parquet + DIR/picks.json   # doctest: +SKIP
+>>> df[df["favourite"]]                   # the cells starred in the gallery   # doctest: +SKIP
+>>> sheet_axes(["seed", "size", "lora1_scale"])
+('lora1_scale', 'seed', 'size')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from zlab.download import write_atomic
+from zlab.errors import ValidationError
+from zlab.sheet.cells import norm_value, parameter_columns
+
+__all__ = [
+    "AXIS_PREFERENCE",
+    "PICKS_FILE",
+    "axis_rank",
+    "load_results",
+    "open_results",
+    "read_picks",
+    "run_dir_of",
+    "set_pick",
+    "sheet_axes",
+    "varying_columns",
+    "with_picks",
+    "write_results",
+]
+
+# Which varying axis goes where on a sheet: what a LoRA does is the question, so its scale goes
+# across; seeds show how much is chance, so they go down; prompts, LoRA files and sizes page.
+AXIS_PREFERENCE = (
+    "lora1_scale", "lora2_scale", "lora3_scale", "seed", "prompt",
+    "lora1_path", "lora2_path", "lora3_path", "size", "width", "height",
+)  # fmt: skip
+PICKS_FILE = "picks.json"  # DIR/picks.json: {key: {"favourite": bool, "rating": 0-5}}
+_NOT_AXES = ("cached",)  # a cache hit says how a cell ran, not what it shows
+
+
+# ---------------------------------------------------------------- axes (pure)
+
+
+def axis_rank(column: str) -> int:
+    """Position in `AXIS_PREFERENCE`; other columns (extra axes) come after, in their own order."""
+    return AXIS_PREFERENCE.index(column) if column in AXIS_PREFERENCE else len(AXIS_PREFERENCE)
+
+
+def sheet_axes(columns: Sequence[str] | Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(x, y, page) for a contact sheet of these varying columns, by `AXIS_PREFERENCE`.
+
+    >>> sheet_axes(["prompt", "seed"])
+    ('seed', 'prompt', None)
+    """
+    names = list(columns)
+    ranked = sorted(names, key=lambda c: (axis_rank(c), names.index(c)))
+    picked = [*ranked[:3], None, None, None]
+    return picked[0], picked[1], picked[2]
+
+
+def varying_columns(df: pd.DataFrame) -> list[str]:
+    """Parameter columns with more than one distinct value: the candidates for x, y and page, most
+    useful first. A column that another candidate already decides is left out (width and height when
+    `size` varies; the partner of a zipped axis): it needs no axis of its own."""
+    columns = parameter_columns(df, exclude=(*_NOT_AXES, "favourite", "rating"))
+    values = {c: [norm_value(v) for v in df[c]] for c in columns}
+    varying = [c for c in columns if len(set(values[c])) > 1]
+    ranked = sorted(varying, key=lambda c: (axis_rank(c), columns.index(c)))
+    kept: list[str] = []
+    for column in ranked:
+        if not any(_decides(values[k], values[column]) for k in kept):
+            kept.append(column)
+    return kept
+
+
+def _decides(a: list[Any], b: list[Any]) -> bool:
+    """True when each value of `a` comes with a single value of `b` (b is a function of a)."""
+    return len(set(zip(a, b, strict=True))) == len(set(a))
+
+
+# ---------------------------------------------------------------- finding a table and its directory
+
+
+def run_dir_of(df: pd.DataFrame) -> Path | None:
+    """The run directory a results table came from (``df.attrs["run_dir"]``, set by runs and loaders)."""
+    root = df.attrs.get("run_dir")
+    return Path(root) if root else None
+
+
+def open_results(source: Any) -> tuple[pd.DataFrame, Path | None]:
+    """(results DataFrame, run directory) from a run directory, its results.parquet, a RunResult or a
+    DataFrame (whose ``attrs["run_dir"]`` says where its images are)."""
+    if isinstance(source, pd.DataFrame):
+        return source, run_dir_of(source)
+    if hasattr(source, "df") and hasattr(source, "out"):  # a RunResult, without importing the runner
+        return source.df, Path(source.out)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        parquet = path if path.suffix == ".parquet" else path / "results.parquet"
+        if not parquet.is_file():
+            raise ValidationError(
+                "run_dir",
+                str(path),
+                "a run directory containing results.parquet",
+                "run a sweep into it first (client.run(sweep, out=...) or `zlab run`)",
+            )
+        df = pd.read_parquet(parquet)
+        # The run directory is where the file is now, not where it was written (it may have moved).
+        df.attrs["run_dir"] = str(parquet.parent)
+        return df, parquet.parent
+    raise ValidationError("source", type(source).__name__, "a run directory, a RunResult or a results DataFrame")
+
+
+def load_results(source: Any) -> pd.DataFrame:
+    """The results table with the gallery's picks merged in (`favourite`, `rating` columns)."""
+    df, root = open_results(source)
+    return with_picks(df, root)
+
+
+def write_results(df: pd.DataFrame, run_dir: str | os.PathLike[str]) -> Path:
+    """Write `df` as ``run_dir/results.parquet`` atomically (picks stay in picks.json, not here)."""
+    path = Path(run_dir) / "results.parquet"
+    tmp = path.with_suffix(".parquet.part")
+    df.drop(columns=[c for c in ("favourite", "rating") if c in df.columns]).to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------- picks: favourites and ratings
+
+
+def read_picks(run_dir: str | os.PathLike[str] | None) -> dict[str, dict[str, Any]]:
+    """``{key: {"favourite": bool, "rating": int}}`` from ``run_dir/picks.json`` ({} when there is none)."""
+    if run_dir is None:
+        return {}
+    try:
+        data = json.loads((Path(run_dir) / PICKS_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return {}
+    picks = data.get("picks", {}) if isinstance(data, dict) else {}
+    return {str(k): _clean_pick(v) for k, v in picks.items() if isinstance(v, dict)}
+
+
+def _clean_pick(pick: Mapping[str, Any]) -> dict[str, Any]:
+    rating = pick.get("rating") or 0
+    rating = int(rating) if isinstance(rating, int | float) and 0 <= rating <= 5 else 0
+    return {"favourite": bool(pick.get("favourite")), "rating": rating}
+
+
+def set_pick(
+    run_dir: str | os.PathLike[str], key: str, *, favourite: bool | None = None, rating: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Change one cell's pick and write picks.json atomically (a crash leaves the old file or the new one,
+    never half of one); returns all picks. A pick with no star and no rating is removed."""
+    if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int) or not 0 <= rating <= 5):
+        raise ValidationError("rating", rating, "an integer from 0 (none) to 5")
+    picks = read_picks(run_dir)
+    pick = picks.get(key, {"favourite": False, "rating": 0})
+    if favourite is not None:
+        pick["favourite"] = bool(favourite)
+    if rating is not None:
+        pick["rating"] = rating
+    if pick["favourite"] or pick["rating"]:
+        picks[key] = pick
+    else:
+        picks.pop(key, None)
+    body = json.dumps({"version": 1, "picks": dict(sorted(picks.items()))}, indent=1)
+    write_atomic(Path(run_dir) / PICKS_FILE, body.encode())
+    return picks
+
+
+def with_picks(df: pd.DataFrame, run_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """A copy of `df` with `favourite` (bool) and `rating` (0-5, 0 = unrated) from the run's picks.json."""
+    picks = read_picks(run_dir if run_dir is not None else run_dir_of(df))
+    keys = df["key"] if "key" in df.columns else pd.Series([None] * len(df), index=df.index)
+    out = df.copy()
+    out["favourite"] = [bool(picks.get(k, {}).get("favourite")) for k in keys]
+    out["rating"] = [int(picks.get(k, {}).get("rating", 0)) for k in keys]
+    return out
