@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import struct
 import subprocess
 import sys
 import time
@@ -20,10 +22,20 @@ import pytest
 from PIL import Image
 
 from zlab import cli
+from zlab.errors import ConfigError
 from zlab.request import MODEL_ID
 from zlab.server import LocalServer
-from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings, missing_local_extra
-from zlab.server.loras import LoraFiles
+from zlab.server.backend import RenderError
+from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings, missing_local_extra, render_size
+from zlab.server.loras import (
+    AdapterPlan,
+    LoraFiles,
+    LoraSource,
+    parse_lora_path,
+    pick_weight_file,
+    plan_adapters,
+    unmatched_keys,
+)
 from zlab.server.tiny_zimage import random_lora, save_lora, tiny_pipeline, to_kohya
 
 SIZE = 256  # the smallest size the model's schema allows
@@ -31,10 +43,19 @@ MISSING = missing_local_extra()
 needs_local = pytest.mark.skipif(MISSING is not None, reason=f"skipped: {MISSING}")
 
 
+def one_thread() -> None:
+    """Tiny matrices gain nothing from threads, and on a busy 2-core machine torch's spinning threads
+    make each image take 5-20x longer; the subprocesses get OMP_NUM_THREADS=1 for the same reason."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 class Backend:
     """A local server over a tiny pipeline, and a loopback HTTP client that renders through it."""
 
     def __init__(self, tmp: Path, lora_cache: int = 8) -> None:
+        one_thread()
         self.pipe = tiny_pipeline()
         self.encoder_calls = 0
         self.pipe.text_encoder.register_forward_hook(self._count)  # every real prompt encoding, however it comes
@@ -179,20 +200,28 @@ def test_kohya_keys_load_identically(backend):
         assert np.array_equal(backend.image([(kohya, scale)]), backend.image([(diffusers_layout, scale)]))
 
 
-def test_a_lora_with_wrong_shapes_fails_with_a_clear_error_and_the_server_carries_on(backend, tmp_path):
+def test_a_partly_matching_lora_fails_with_a_clear_error_and_the_server_carries_on(backend, tmp_path):
     import torch
 
     good = backend.lora("good", seed=1)
     tensors = random_lora(backend.pipe, seed=1)
-    key = next(k for k in tensors if k.endswith("to_q.lora_A.weight"))
-    tensors[key] = torch.randn(4, 3072)  # a rank-4 LoRA made for a wider transformer (the real model's dim)
-    wrong = save_lora(tensors, tmp_path / "wide.safetensors")
+    count = len(tensors)
+    # Layers the model lacks: diffusers would load the rest and only log these (a LoRA for a deeper model).
+    tensors["transformer.layers.7.attention.to_q.lora_A.weight"] = torch.randn(4, 32)
+    tensors["transformer.layers.7.attention.to_q.lora_B.weight"] = torch.randn(32, 4)
+    extra = save_lora(tensors, tmp_path / "deeper.safetensors")
+    key = next(k for k in tensors if k.endswith("layers.0.attention.to_q.lora_A.weight"))
+    tensors = random_lora(backend.pipe, seed=1) | {key: torch.randn(4, 3072)}  # made for a wider transformer
+    wide = save_lora(tensors, tmp_path / "wide.safetensors")
 
-    answer = backend.result([(str(wrong), 1.0)])
+    deeper, wider = backend.result([(str(extra), 1.0)]), backend.result([(str(wide), 1.0)])
 
-    assert answer["status"] == "failed"
-    message = answer["error"]["message"]
-    assert "does not fit Z-Image Turbo" in message and "1 of" in message and "[4, 3072]" in message
+    assert deeper["status"] == "failed" and wider["status"] == "failed"
+    message = deeper["error"]["message"]
+    assert "deeper.safetensors" in message and f"2 of {count + 2} tensors match no layer" in message
+    assert "layers.7.attention.to_q" in message
+    message = wider["error"]["message"]
+    assert "does not fit Z-Image Turbo" in message and f"1 of {count}" in message and "[4, 3072]" in message
     assert distance(backend.image([(good, 1.0)]), backend.image()) > 1  # the next request renders as usual
 
 
@@ -223,6 +252,59 @@ def test_the_adapter_cache_unloads_the_least_recently_used(tmp_path):
         backend.close()
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny pipeline saved in diffusers' folder layout, as a downloaded Z-Image-Turbo would be."""
+    if MISSING:
+        pytest.skip(f"skipped: {MISSING}")
+    one_thread()
+    folder = tmp_path_factory.mktemp("tiny-z-image")
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+def test_zlab_serve_loads_a_model_folder_and_renders_over_http(model_dir):
+    command = [sys.executable, "-m", "zlab.cli", "serve", "--backend", "diffusers", "--model", str(model_dir)]
+    command += ["--device", "cpu", "--dtype", "fp32", "--port", "0"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        assert "diffusers images" in line and str(model_dir) in line and "capacity 1" in line, line
+        url = line.split(" on ", 1)[1].split(" ", 1)[0]
+        with httpx.Client(base_url=url, timeout=30) as http:
+            body = {"prompt": "a red fox", "loras": [], "width": SIZE, "height": 288, "seed": 3}
+            request_id = http.post(f"/v1/models/{MODEL_ID}", json=body).json()["request_id"]
+            deadline = time.monotonic() + 30
+            while (answer := http.get(f"/v1/requests/{request_id}/result").json())["status"] != "succeeded":
+                assert answer["status"] != "failed" and time.monotonic() < deadline, answer
+                time.sleep(0.02)
+            image = Image.open(io.BytesIO(http.get(answer["output"]["image"]).content))
+        assert image.size == (SIZE, 288)
+        assert answer["backend"]["model"] == str(model_dir) and answer["backend"]["dtype"] == "float32"
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=20)
+
+
+def test_the_built_in_server_uses_the_backend_named_in_the_environment(model_dir, tmp_path):
+    env = os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "ZLAB_BASE_URL": "local",
+        "ZLAB_BACKEND": "diffusers",
+        "ZLAB_MODEL": str(model_dir),
+        "ZLAB_DEVICE": "cpu",
+        "ZLAB_DTYPE": "fp32",
+    }
+    out = tmp_path / "fox.png"
+    command = [sys.executable, "-m", "zlab.cli", "generate", "a red fox", "--no-lora", "--seed", "5"]
+    command += ["--width", str(SIZE), "--height", str(SIZE), "--out", str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"Z-Image Turbo from {model_dir} on cpu" in done.stderr
+    assert Image.open(out).size == (SIZE, SIZE)
+
+
 def _without_torch(code: str) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter where importing torch fails, as when zlab[local] is not installed."""
     prelude = "import sys; sys.modules['torch'] = None\n"
@@ -245,3 +327,118 @@ def test_import_zlab_and_the_backend_module_stay_light():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# -- the pure decisions and the download seam (no torch needed) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "location", "weight_name"),
+    [
+        ("https://example.org/x/style.safetensors", "url", "https://example.org/x/style.safetensors", None),
+        ("/loras/style.safetensors", "local", "/loras/style.safetensors", None),
+        ("~/loras/style", "local", "~/loras/style", None),
+        ("./style.safetensors", "local", "./style.safetensors", None),
+        ("loras/style.safetensors", "local", "loras/style.safetensors", None),
+        ("renderartist/Technically-Color-Z-Image-Turbo", "hub", "renderartist/Technically-Color-Z-Image-Turbo", None),
+        ("owner/name:sub/style_v2.safetensors", "hub", "owner/name", "sub/style_v2.safetensors"),
+    ],
+)
+def test_lora_paths_are_classified(path, kind, location, weight_name):
+    assert parse_lora_path(path) == LoraSource(kind, location, weight_name)
+
+
+def test_lora_paths_that_cannot_work_are_refused_with_the_forms_that_can():
+    with pytest.raises(RenderError, match="only https"):
+        parse_lora_path("http://example.org/style.safetensors")
+    with pytest.raises(RenderError, match=r"owner/name:file\.safetensors"):
+        parse_lora_path("style")
+    assert parse_lora_path("style", exists=True).kind == "local"  # a file in the server's working directory
+
+
+def test_one_weight_file_is_picked_or_the_choice_is_explained():
+    assert pick_weight_file(["README.md", "a.safetensors"], "o/n") == "a.safetensors"
+    assert pick_weight_file(["a.safetensors", "pytorch_lora_weights.safetensors"], "o/n") == (
+        "pytorch_lora_weights.safetensors"
+    )
+    with pytest.raises(RenderError, match=r"holds 2 \.safetensors files .*e\.g\. o/n:a\.safetensors"):
+        pick_weight_file(["a.safetensors", "b.safetensors"], "o/n", repo=True)
+    with pytest.raises(RenderError, match=r"no \.safetensors file"):
+        pick_weight_file(["lora.bin"], "/loras/x")
+
+
+def test_the_adapter_cache_plan_is_least_recently_used():
+    assert plan_adapters([], ["a"], 2) == AdapterPlan((), ("a",), ("a",))
+    assert plan_adapters(["a", "b"], ["b"], 2) == AdapterPlan((), (), ("a", "b"))
+    assert plan_adapters(["a", "b"], ["c"], 2) == AdapterPlan(("a",), ("c",), ("b", "c"))
+    # A request's own LoRAs always stay, even beyond the capacity.
+    assert plan_adapters(["a", "b"], ["c", "d", "a"], 2) == AdapterPlan(("b",), ("c", "d"), ("c", "d", "a"))
+
+
+def test_unmatched_keys_name_other_modules_other_components_and_wrong_shapes():
+    linears = {"layers.0.attention.to_q": (32, 32), "layers.0.feed_forward.w1": (32, 96)}
+    good = {
+        "transformer.layers.0.attention.to_q.lora_A.weight": (4, 32),
+        "transformer.layers.0.attention.to_q.lora_B.weight": (32, 4),
+        "transformer.layers.0.feed_forward.w1.lora_B.weight": (96, 4),
+        "transformer.layers.0.feed_forward.w1.lora_B.bias": (96,),
+    }
+    assert unmatched_keys(good, linears) == []
+    bad = {
+        "transformer.layers.1.attention.to_q.lora_A.weight": (4, 32),
+        "text_encoder.layers.0.q_proj.lora_A.weight": (4, 16),
+        "transformer.layers.0.feed_forward.w1.lora_A.weight": (4, 3072),
+        "transformer.layers.0.attention.to_q.alpha": (),
+    }
+    assert unmatched_keys(good | bad, linears) == [
+        "transformer.layers.1.attention.to_q.lora_A.weight",
+        "text_encoder.layers.0.q_proj.lora_A.weight",
+        "transformer.layers.0.feed_forward.w1.lora_A.weight [4, 3072]",
+        "transformer.layers.0.attention.to_q.alpha",
+    ]
+
+
+def test_settings_pick_devices_and_read_the_environment():
+    assert DiffusersSettings().targets(cuda_count=2, mps=False) == ("cuda:0",)
+    assert DiffusersSettings(devices=(0, 1)).targets(cuda_count=2, mps=False) == ("cuda:0", "cuda:1")
+    assert DiffusersSettings().targets(cuda_count=0, mps=True) == ("mps",)
+    assert DiffusersSettings().targets(cuda_count=0, mps=False) == ("cpu",)
+    with pytest.raises(ConfigError, match="no GPU 2"):
+        DiffusersSettings(devices=(2,)).targets(cuda_count=2, mps=False)
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        DiffusersSettings(device="cuda").targets(cuda_count=0, mps=False)
+    with pytest.raises(ConfigError, match="dtype 'int8'"):
+        DiffusersSettings(dtype="int8")
+    env = {"ZLAB_MODEL": "/models/zit", "ZLAB_DEVICE": "cuda:0,1", "ZLAB_DTYPE": "fp16", "ZLAB_OFFLOAD": "1"}
+    assert DiffusersSettings.from_env(env) == DiffusersSettings("/models/zit", "cuda", (0, 1), "fp16", True)
+    assert DiffusersSettings.from_env({}) == DiffusersSettings()
+    assert render_size(256, 264) == (256, 272)
+
+
+def _safetensors_bytes() -> bytes:
+    header = b'{"__metadata__":{}}'
+    return struct.pack("<Q", len(header)) + header
+
+
+def test_a_url_lora_is_downloaded_once_and_a_bad_body_leaves_nothing(tmp_path):
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("page.safetensors"):
+            return httpx.Response(200, text="<html>log in to download</html>")
+        if request.url.path.endswith("gone.safetensors"):
+            return httpx.Response(404)
+        return httpx.Response(200, content=_safetensors_bytes())
+
+    files = LoraFiles(tmp_path, transport=httpx.MockTransport(answer))
+    first = files.local_file("https://example.org/loras/style.safetensors?download=true")
+    again = files.local_file("https://example.org/loras/style.safetensors?download=true")
+    assert first == again and first.read_bytes() == _safetensors_bytes()
+    assert first.parent == tmp_path / "loras" and first.name.endswith("-style.safetensors")
+    assert calls == ["/loras/style.safetensors"] and files.downloads == 1
+    with pytest.raises(RenderError, match=r"is not a \.safetensors file"):
+        files.local_file("https://example.org/page.safetensors")
+    with pytest.raises(RenderError, match="HTTP 404"):
+        files.local_file("https://example.org/gone.safetensors")
+    assert sorted(p.name for p in (tmp_path / "loras").iterdir()) == [first.name]  # no partial files left

@@ -154,6 +154,7 @@ class PipelineWorker:
         pipe.set_progress_bar_config(disable=True)
         # PEFT warns whenever a second adapter joins a model; caching several is this class's point.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted", category=UserWarning)
         # The transformer's linear layers as loaded, before any adapter wraps them: what a LoRA must fit.
         self._linears = {
             name: (module.in_features, module.out_features)

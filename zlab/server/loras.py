@@ -26,7 +26,7 @@ import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from zlab.server.backend import RenderError
 
@@ -188,9 +188,10 @@ def plan_adapters(cached: Sequence[str], needed: Sequence[str], capacity: int) -
 class LoraFiles:
     """Turns LoRA paths into local `.safetensors` files, fetching each URL or hub file once (thread-safe)."""
 
-    def __init__(self, cache_dir: Path | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, cache_dir: Path | None = None, timeout: float = 60.0, transport: Any = None) -> None:
         self.cache_dir = (cache_dir or cache_root()) / "loras"
         self.timeout = timeout
+        self.transport = transport  # an httpx transport for URL downloads (tests swap the network here)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._fetched: dict[str, Path] = {}
@@ -232,7 +233,10 @@ class LoraFiles:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
-            with httpx.stream("GET", url, follow_redirects=True, timeout=self.timeout) as response:
+            with (
+                httpx.Client(transport=self.transport, follow_redirects=True, timeout=self.timeout) as http,
+                http.stream("GET", url) as response,
+            ):
                 if response.status_code != 200:
                     raise RenderError(f"LoRA {url!r}: download failed with HTTP {response.status_code}")
                 size, head = 0, b""
