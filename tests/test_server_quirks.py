@@ -476,3 +476,36 @@ def test_faults_and_quirks_combine(srv: LocalServer, api: httpx.Client) -> None:
     assert api.get(f"/v1/requests/{request_id}/result").json()["output"] == [
         f"{srv.base_url}/files/{request_id}/image.png"
     ]
+
+
+def _careful(call: Callable[[], httpx.Response], retry: tuple[int, ...] = (429, 503)) -> httpx.Response:
+    """One call, repeated while a rate limiter or load balancer answers instead of the service."""
+    deadline = time.monotonic() + 10
+    while (answer := call()).status_code in retry:
+        assert time.monotonic() < deadline, "the service never answered"
+    return answer
+
+
+def test_a_careful_client_finishes_a_sweep_under_strict() -> None:
+    """`strict` is hard but fair: a client that handles every variant collects every image, paying once each."""
+    sizes = [(784, 1168), (512, 512), (1024, 800)]
+    with LocalServer(token=TOKEN, latency=0.02, capacity=2, quirks=["strict", "seed=3"]) as srv, client(srv) as api:
+        ids = []
+        for seed, (width, height) in enumerate(sizes):
+            body = {**SMALL, "seed": seed, "width": width, "height": height}
+            answer = _careful(lambda body=body: api.post(SUBMIT, json=body), retry=(429,))  # never resend after a 5xx
+            assert answer.status_code == 200 and answer.json()["error_code"] is None
+            ids.append(answer.json()["request_id"])
+        for request_id, (width, height) in zip(ids, sizes, strict=True):
+            wait_for(
+                lambda rid=request_id: (
+                    _careful(lambda: api.get(f"/v1/requests/{rid}/status")).json()["status"] == "completed"
+                )
+            )
+            result = _careful(lambda rid=request_id: api.get(f"/v1/requests/{rid}/result"))
+            assert result.json()["status"] == "completed"
+            [item] = result.json()["output"]["images"]
+            image = httpx.get(item["url"], follow_redirects=True)  # no token: a file host is not the API
+            assert image.headers["content-type"] == "binary/octet-stream"
+            assert Image.open(io.BytesIO(image.content)).size == (width // 32 * 32, height // 32 * 32)
+        assert set(srv.stats.accepted().values()) == {1} and srv.stats.file_auth == 0
