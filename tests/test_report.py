@@ -17,7 +17,8 @@ import pytest
 from browser_check import CHROMIUM, MISSING, screenshot
 
 from zlab.errors import ValidationError
-from zlab.report import Report, kernel_for_current_python, parse_param_pairs, report, report_main
+from zlab.cli import main
+from zlab.report import Report, kernel_for_current_python, parse_param_pairs, report
 
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 ECHO, FAILS, PLOT = NOTEBOOKS / "params_echo.ipynb", NOTEBOOKS / "fails.ipynb", NOTEBOOKS / "plot.ipynb"
@@ -102,7 +103,7 @@ def test_out_dir_that_would_overwrite_the_notebook_is_refused(tmp_path):
 
 
 def test_cli_exit_code_2_on_bad_parameter(tmp_path, capsys):
-    assert report_main(str(ECHO), [("nope", "1")], str(tmp_path / "out"), False, 60) == 2
+    assert main(["report", str(ECHO), "-p", "nope", "1", "--out", str(tmp_path / "out"), "--timeout", "60"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "prompt, scale, seeds" in err
 
@@ -119,7 +120,7 @@ def echo_run(tmp_path_factory):
         mp.setenv("RUNCOMFY_TOKEN", CANARY_TOKEN)
         mp.setenv("RUNCOMFY_API_KEY", CANARY_KEY)
         mp.chdir(work)
-        code = report_main(str(ECHO), [("seeds", "[5, 6]"), ("prompt", "a fox"), ("scale", "0.5")], None, False, 120)
+        code = main(["report", str(ECHO), "-p", "seeds", "[5, 6]", "-p", "prompt", "a fox", "-p", "scale", "0.5"])
     dirs = list((work / "reports").iterdir())
     return {"code": code, "dirs": dirs, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
@@ -177,7 +178,7 @@ def test_token_printed_by_a_notebook_is_scrubbed_from_every_file(echo_run):
 
 @pytest.mark.slow
 def test_failing_cell_is_named_and_its_files_kept(tmp_path, capsys):
-    assert report_main(str(FAILS), [], str(tmp_path / "out"), False, 120) == 1
+    assert main(["report", str(FAILS), "--out", str(tmp_path / "out"), "--timeout", "120"]) == 1
     err = capsys.readouterr().err
     assert "cell 3" in err  # index in the source notebook, not counting papermill's injected cells
     assert 'raise ValueError(f"boom {value + 1}")' in err

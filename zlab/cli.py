@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     sheet.add_argument("--html", action="store_true", help="also write a self-contained HTML sheet")
     sheet.add_argument("--cell-width", type=int, default=256, help="thumbnail width in pixels (default 256)")
 
-    report = commands.add_parser("report", help="run a notebook with papermill and render it to HTML")
+    report = commands.add_parser(
+        "report", help="run a notebook with papermill and render it to one self-contained HTML page"
+    )
     report.add_argument("notebook")
     report.add_argument(
         "-p",
@@ -162,9 +164,31 @@ def _sheet(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from zlab.report import report_main
+    """0: the notebook ran; 1: it failed (the executed notebook and HTML are still written); 2: bad input."""
+    import time
+    import warnings
 
-    return report_main(args.notebook, [tuple(p) for p in args.parameter], args.out, args.hide_code, args.timeout)
+    from zlab.report import parse_param_pairs, report
+
+    started = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = report(
+            args.notebook,
+            parse_param_pairs(tuple(p) for p in args.parameter),
+            args.out,
+            timeout=args.timeout,
+            hide_code=args.hide_code,
+        )
+    for warning in caught:
+        print(f"zlab report: warning: {warning.message}", file=sys.stderr)
+    if not rep.ok:
+        print(f"zlab report: {args.notebook} failed: {rep.error}", file=sys.stderr)
+        print(f"  executed notebook: {rep.notebook}" + (f"\n  html: {rep.html}" if rep.html else ""), file=sys.stderr)
+        return 1
+    print(f"zlab report: {args.notebook} ran in {time.monotonic() - started:.1f} s")
+    print(f"  html: {rep.html}\n  executed notebook: {rep.notebook}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

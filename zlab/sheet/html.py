@@ -28,11 +28,12 @@ _CSS = """
 body{font-family:"DejaVu Sans",system-ui,sans-serif;margin:16px;color:#1c1c1c;background:#fff}
 h1{font-size:20px;margin:0 0 4px}
 .sub,.foot{color:#5f5f5f;font-size:13px;margin:4px 0 12px;overflow-wrap:anywhere}
-table{border-collapse:separate;border-spacing:4px;table-layout:fixed}
+.scroll{overflow-x:auto;max-width:100%%}
+table{border-collapse:separate;border-spacing:4px;width:max-content}
 table.stack{border-spacing:16px 6px}
 th{font-weight:normal;font-size:14px;vertical-align:middle;overflow-wrap:anywhere}
 thead th{text-align:center}
-tbody th{text-align:left}
+tbody th{text-align:left;min-width:%(label)dpx;max-width:20em;position:sticky;left:0;background:#fff;z-index:1}
 td{padding:0;vertical-align:top;text-align:center}
 .cell{display:flex;gap:8px}
 .slot{width:%(w)dpx}
@@ -99,10 +100,12 @@ def render_html(sheet: ContactSheet, html_dir: Path) -> str:
     grid, style = sheet.grid, sheet.style
     params = parameter_columns(grid.placed)
     slot_h = cell_image_height(style.cell_width, [sheet.aspect])
-    css = _CSS % {"w": style.cell_width, "h": slot_h}
-    # Fixed column widths, so a long header wraps instead of widening its column.
+    label_w = max(120, style.cell_width // 2)
+    css = _CSS % {"w": style.cell_width, "h": slot_h, "label": label_w}
+    # The table keeps its natural width (it scrolls sideways in a narrow window) and every column its own:
+    # a long header wraps inside its column, and row labels never shrink to a letter per line.
     k = grid.n_stack
-    cols = ([f'<col style="width:{max(120, style.cell_width // 2)}px">'] if grid.y.column else []) + [
+    cols = ([f'<col style="width:{label_w}px">'] if grid.y.column else []) + [
         f'<col style="width:{k * style.cell_width + (k - 1) * 8}px">'
     ] * len(grid.x)
     axes = " · ".join(f"{n}: {c}" for n, c in (("x", grid.x.column), ("y", grid.y.column)) if c)
@@ -115,7 +118,7 @@ def render_html(sheet: ContactSheet, html_dir: Path) -> str:
     for g, gval in enumerate(grid.page.values):
         note = axes + (f" · {axis_label(grid.page.column, gval)}" if grid.page.column else "")
         stacked = ' class="stack"' if k > 1 else ""
-        parts.append(f'<section><div class="sub">{escape(note)}</div><table{stacked}>')
+        parts.append(f'<section><div class="sub">{escape(note)}</div><div class="scroll"><table{stacked}>')
         parts.append(f"<colgroup>{''.join(cols)}</colgroup>")
         parts.append("<thead><tr>")
         if grid.y.column:
@@ -143,7 +146,7 @@ def render_html(sheet: ContactSheet, html_dir: Path) -> str:
                 ]
                 parts.append(f'<td><div class="cell">{"".join(slots)}</div></td>')
             parts.append("</tr>")
-        parts.append("</tbody></table></section>")
+        parts.append("</tbody></table></div></section>")
     if sheet.footer:
         parts.append(f'<div class="foot">{escape(sheet.footer)}</div>')
     parts.append("</body></html>")

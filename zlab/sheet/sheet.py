@@ -7,6 +7,8 @@ cell is. Pages are rendered one at a time, so memory holds one page and its thum
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -38,7 +40,8 @@ _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 @dataclass(frozen=True, repr=False)
 class ContactSheet:
     """A drawn contact sheet: `.pages` (PIL images), `.df` (each result with its page, grid position
-    and pixel box), `.save(path)`, `.to_html(path)`; shows inline in a notebook (first page)."""
+    and pixel box), `.save(path)`, `.to_html(path)`; shows inline in a notebook, every page captioned
+    with its number and the page axis's value."""
 
     pages: list[Image.Image]
     df: pd.DataFrame
@@ -61,6 +64,29 @@ class ContactSheet:
         self.pages[0].save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
+    def _repr_html_(self) -> str | None:
+        """Every page with its caption ("page 2 of 3 · size 768x1344"), when there is more than one page
+        (a single page shows as its PNG alone: the same picture, half the notebook's bytes)."""
+        if len(self.pages) < 2:
+            return None
+        n = len(self.pages)
+        parts = [f"<div style='font:13px system-ui,sans-serif'><b>{html.escape(self.title)}</b> · {n} pages"]
+        for i, (page, meta) in enumerate(zip(self.pages, self.meta, strict=True)):
+            buf = io.BytesIO()
+            page.save(buf, format="PNG", compress_level=1)
+            data = base64.b64encode(buf.getvalue()).decode("ascii")
+            caption = f"page {i + 1} of {n}"
+            if meta.get("page") and meta.get("page_value") is not None:
+                caption += f" · {axis_label(meta['page'], meta['page_value'])}"
+            if meta.get("parts", 1) > 1:
+                caption += f" (part {meta['part']} of {meta['parts']})"
+            parts.append(
+                f"<figure style='margin:8px 0'><figcaption>{html.escape(caption)}</figcaption>"
+                f"<img src='data:image/png;base64,{data}' width='{page.width}' height='{page.height}' "
+                f"style='max-width:100%;height:auto' alt='{html.escape(caption, quote=True)}'></figure>"
+            )
+        return "".join(parts) + "</div>"
+
     def save(self, path: str | os.PathLike[str], **options: Any) -> list[Path]:
         """Write the pages as PNG, JPEG or WebP (by suffix); several pages become ``name-1.png``, ….
 
@@ -77,7 +103,10 @@ class ContactSheet:
         out = []
         for i, (page, meta) in enumerate(zip(self.pages, self.meta, strict=True), start=1):
             target = path if len(self.pages) == 1 else path.with_name(f"{path.stem}-{i}{path.suffix}")
-            page.save(target, format=fmt, **{**defaults[fmt], **save_kwargs(fmt, meta), **options})
+            if fmt == "PNG" and not options:  # deflate on every core: Pillow's encoder uses one
+                png.save(page, target, save_kwargs(fmt, meta)["pnginfo"])
+            else:
+                page.save(target, format=fmt, **{**defaults[fmt], **save_kwargs(fmt, meta), **options})
             out.append(target)
         return out
 
