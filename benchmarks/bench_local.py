@@ -1,6 +1,6 @@
 """A LoRA scale sweep on this machine: zlab's diffusers backend against the naive diffusers loop, side by side.
 
-    python benchmarks/bench_local.py [--images 32] [--size 256] [--device cpu|cuda] [--model DIR]
+    python benchmarks/bench_local.py [--images 32] [--size 256] [--device cpu|cuda] [--model DIR] [--threads N]
 
 * naive: what a notebook usually does for each image: load the LoRA, set its scale, call the pipeline with
   the prompt (so the text encoder runs every time), unload the LoRA;
@@ -147,10 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="width and height (default 256)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when there is one")
     parser.add_argument("--model", help="a local Z-Image Turbo folder (default: the tiny random pipeline)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     args = parser.parse_args(argv)
 
     import diffusers
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="zlab-bench-local-") as tmp:
