@@ -102,7 +102,7 @@ def _urls(base: str, request_id: str) -> dict[str, str]:
     return {"status_url": f"{root}/status", "result_url": f"{root}/result", "cancel_url": f"{root}/cancel"}
 
 
-def status_body(job: Job, position: int | None, base: str, quirks: Quirks = Quirks()) -> dict[str, Any]:  # noqa: B008
+def status_body(job: Job, position: int | None, base: str, quirks: Quirks = q.NO_QUIRKS) -> dict[str, Any]:
     """The /status answer: a failed job says `completed` here, as on RunComfy (`failed` with `status_failed`)."""
     urls = _urls(base, job.request_id)
     body: dict[str, Any] = {"request_id": job.request_id, "status": q.status_word(quirks, job.state)}
@@ -125,7 +125,7 @@ def output_url(base: str, job: Job, quirks: Quirks) -> str:
     return f"{other}{seg1}/{seg2}/output/{_quoted(job.request_id)}_output.{ext}"
 
 
-def result_body(job: Job, base: str, quirks: Quirks = Quirks()) -> dict[str, Any]:  # noqa: B008
+def result_body(job: Job, base: str, quirks: Quirks = q.NO_QUIRKS) -> dict[str, Any]:
     """The /result answer: `succeeded` with the output URL, `failed` with an error, or the current state."""
     body: dict[str, Any] = {"request_id": job.request_id, "status": q.result_word(quirks, job.state)}
     if job.state == "succeeded":

@@ -168,6 +168,9 @@ class Quirks:
         return ", ".join(self.names) or "none"
 
 
+NO_QUIRKS = Quirks()  # the default: the docs' variant of every answer
+
+
 def _settings(spec: str) -> dict[str, Any]:
     """The fields one quirk name (with its optional value) sets."""
     if not isinstance(spec, str):

@@ -203,8 +203,18 @@ class Scheduler:
         """Another user's job: it queues and runs like any other, but no id or record reveals it."""
         loop = asyncio.get_running_loop()
         nominal = self.regime.other_seconds or max(self.latency.seconds(1.0), regimes.MIN_OTHER_SECONDS)
-        job = Job("", _OTHER_REQUEST, "other", self._run_seconds(nominal), False, None, self._next_ticket, 0.0, 0.0)
-        job.hidden, job.created_at, job.created_mono = True, time.time(), loop.time()
+        job = Job(
+            request_id="",
+            request=_OTHER_REQUEST,
+            token_hash="another user",
+            latency=self._run_seconds(nominal),
+            will_fail=False,
+            bad_output=None,
+            ticket=self._next_ticket,
+            created_at=time.time(),
+            created_mono=loop.time(),
+            hidden=True,
+        )
         self._next_ticket += 1
         self._by_ticket[job.ticket] = job
         self._queue.append(job.ticket)
