@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from zlab.errors import ValidationError
-from zlab.sheet import draw, thumbs
+from zlab.sheet import draw, png, thumbs
 from zlab.sheet.cells import (
     Grid,
     assign,
