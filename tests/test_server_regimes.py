@@ -67,6 +67,9 @@ def test_capacity_grows_on_schedule() -> None:
         assert statuses(api, ids) == ["in_progress", "in_queue", "in_queue", "in_queue"]
         wait_for(lambda: statuses(api, ids) == ["in_progress"] * 3 + ["in_queue"])
         assert api.get(f"/v1/requests/{ids[3]}/status").json()["queue_position"] == 0
+        assert (srv.capacity, srv.regime.capacity_steps) == (1, ((0.2, 3),))
+        started = srv.stats.started_mono
+        assert started is not None and started <= time.monotonic()
 
 
 def test_a_shrinking_capacity_lets_running_jobs_finish_and_starts_no_more() -> None:

@@ -242,8 +242,14 @@ class LocalServer:
 
     @property
     def regime(self) -> Regime:
-        """The queue regime (fixed when the server is built)."""
+        """The queue regime (fixed when the server is built); its `capacity_steps` follow `capacity`."""
         return self._config.regime
+
+    @property
+    def capacity(self) -> int:
+        """How many jobs run at once from the start (`regime.capacity_steps` says how it changes later;
+        `stats.started_mono` is their t = 0)."""
+        return self._config.capacity
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

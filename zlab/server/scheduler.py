@@ -227,6 +227,7 @@ class Scheduler:
         """Begin the regime's timers (capacity steps, bursts) on the running loop; then `set_other_load`."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        self.stats.started_mono = time.monotonic()
         for since, capacity in self.regime.capacity_steps:
             self._timers.append(loop.call_at(t0 + since, self._set_capacity, capacity))
         if self.regime.burst_every > 0:

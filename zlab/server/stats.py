@@ -52,6 +52,7 @@ class Stats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.started_mono: float | None = None  # time.monotonic() when the queue started (t = 0 of a capacity schedule)
         self.reset()
 
     def reset(self) -> None:
