@@ -75,11 +75,21 @@ class AsyncClient:
 
         latency = float(os.environ.get("ZLAB_LOCAL_LATENCY", "0.3"))
         capacity = int(os.environ.get("ZLAB_LOCAL_CAPACITY", "8"))
-        self._server = LocalServer(latency=latency, capacity=capacity)
+        backend = os.environ.get("ZLAB_BACKEND") or "synthetic"
+        renderer, images = None, "synthetic images"
+        if backend == "diffusers":  # Z-Image Turbo on this machine: ZLAB_MODEL, ZLAB_DEVICE, ZLAB_DTYPE
+            from zlab.server import diffusers_backend as db
+
+            renderer = db.load_renderer(db.DiffusersSettings.from_env(os.environ))
+            facts = renderer.describe()
+            images = f"Z-Image Turbo from {facts['model']} on {facts['devices']}"
+        elif backend != "synthetic":
+            raise errors.ConfigError(f"ZLAB_BACKEND={backend!r} is not one of synthetic, diffusers")
+        self._server = LocalServer(latency=latency, capacity=capacity, renderer=renderer)
         self._server.start()
         print(
             f"zlab: no RUNCOMFY_TOKEN set; using the built-in local server at {self._server.base_url} "
-            "(synthetic images, nothing is billed)",
+            f"({images}, nothing is billed)",
             file=sys.stderr,
         )
         return str(self._server.base_url)
