@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser_check import CHROMIUM, MISSING, screenshot
+from jlab import launch_chromium, missing
 from PIL import Image
 
 from zlab.report import report
@@ -79,7 +80,7 @@ def test_notebooks_are_saved_clean_and_parameterised(name):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs must be cleared"
-            assert "ipywidgets" not in cell.source and "zlab.widgets" not in cell.source  # blank in reports
+            assert "ipywidgets" not in cell.source  # zlab's widgets leave a static copy; bare ipywidgets do not
     params = parameters_of(name)
     assert json.loads(json.dumps(params)) == params  # plain JSON values: papermill and -p can set them
     assert params["out_dir"].startswith("../runs/") and {"seeds", "concurrency"} <= set(params)
@@ -155,6 +156,38 @@ def test_lora_scale_sweep_report_from_the_command_line(tmp_path):
     region = screen[top : top + sheet.shape[0], left : left + sheet.shape[1]]
     assert np.abs(region - sheet).mean() < 2  # the whole sheet, not just one row of it
     assert len(np.unique(region.reshape(-1, 3), axis=0)) > 1000  # a picture, not a blank or an icon
+    offline_page_shows_everything(next(out.glob("*.html")), executed, tmp_path)
+
+
+def offline_page_shows_everything(html_file: Path, executed, tmp_path: Path) -> None:
+    """The report opened with the network off: no request leaves the machine, and the sheet, the curve and
+    the gallery's static view are pictures on the page (no widget error, no frozen progress, no repr)."""
+    if missing():
+        pytest.skip(missing())
+    from playwright.sync_api import sync_playwright
+
+    text = html_file.read_text(encoding="utf-8")
+    assert "widget-view+json" not in text and "<script src=" not in text and "VBox(" not in text
+    curve_cell = next(c for c in executed.cells if c.cell_type == "code" and "strength_curve(" in c.source)
+    curve_png = next(o["data"]["image/png"] for o in curve_cell.outputs if "image/png" in o.get("data", {}))
+    leaving: list[str] = []
+    with sync_playwright() as pw:
+        context = launch_chromium(pw, tmp_path / "offline-profile", offline=True)
+        context.on(
+            "request", lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else leaving.append(r.url)
+        )
+        page = context.new_page()
+        page.goto(html_file.as_uri(), wait_until="load")
+        loaded = "i => i.complete && i.naturalWidth > 0"
+        gallery = page.locator(".zlab-static").first
+        assert gallery.is_visible()
+        thumbs = page.locator(".zlab-static img")
+        assert thumbs.count() == 6 and all(thumbs.nth(i).evaluate(loaded) for i in range(6))
+        curve = page.locator(f"img[src='data:image/png;base64,{curve_png.strip()}']")
+        assert curve.count() == 1 and curve.evaluate(loaded)
+        assert page.get_by_text("Error displaying widget").count() == 0
+        context.close()
+    assert leaving == [], f"the report fetched from the network: {leaving}"
 
 
 @pytest.mark.slow
