@@ -308,7 +308,8 @@ class GalleryModel:
 
             client = Client()
         try:
-            res = client.run(Sweep(request, name="gallery-rerun"), self.root, progress=False, sheet=False)
+            quiet = {"progress": False, "sheet": False, "echo": lambda _line: None}  # the widget says what happened
+            res = client.run(Sweep(request, name="gallery-rerun"), self.root, **quiet)
         finally:
             if own:
                 client.close()
