@@ -175,6 +175,9 @@ def test_two_loras_both_apply_and_switch_back(backend):
     only_b = backend.image([(b, 1.0)])
     assert distance(both, only_a) > 1 and distance(both, only_b) > 1
     assert np.array_equal(backend.image([(a, 1.0), (b, 1.0)]), both)
+    # One file named twice, here by two spellings of its path, is one adapter at the summed scale.
+    same_a = str(Path(a).parent / "." / Path(a).name)
+    assert np.array_equal(backend.image([(a, 0.25), (same_a, 0.75)]), only_a)
     assert np.array_equal(backend.image([(a, 1.0), (b, 0.0)]), only_a)
     assert np.array_equal(backend.image([(b, 0.0), (a, 1.0)]), only_a)
     assert np.array_equal(backend.image([(a, 1.0)]), only_a)

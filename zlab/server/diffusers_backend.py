@@ -70,14 +70,6 @@ def render_size(width: int, height: int) -> tuple[int, int]:
     return math.ceil(width / SIZE_MULTIPLE) * SIZE_MULTIPLE, math.ceil(height / SIZE_MULTIPLE) * SIZE_MULTIPLE
 
 
-def merged_loras(loras: Sequence[LoRA]) -> dict[str, float]:
-    """Scales by path: the same file listed twice adds up (one adapter cannot be active twice)."""
-    scales: dict[str, float] = {}
-    for lora in loras:
-        scales[lora.path] = scales.get(lora.path, 0.0) + lora.scale
-    return scales
-
-
 @dataclasses.dataclass(frozen=True)
 class DiffusersSettings:
     """How to run the model: where it is, on which devices, in which dtype, and what to keep cached.
@@ -171,7 +163,7 @@ class PipelineWorker:
         import torch
 
         embeddings = self._prompt_embeddings(request.prompt)
-        self._activate(merged_loras(request.loras))
+        self._activate(request.loras)
         width, height = render_size(request.width, request.height)
         generator = torch.Generator("cpu").manual_seed(request.seed)  # same noise on any device
         try:
@@ -221,29 +213,33 @@ class PipelineWorker:
             self._embeddings.popitem(last=False)
         return embeddings
 
-    def _activate(self, scales: Mapping[str, float]) -> None:
+    def _activate(self, loras: Sequence[LoRA]) -> None:
         """Make exactly these LoRAs active at these scales, loading and unloading adapters as planned."""
-        if not scales:
+        if not loras:
             if self._adapters and self._lora_enabled:
                 self.pipe.disable_lora()
                 self._lora_enabled = False
             return
-        names = {path: self._adapter_name(path) for path in scales}
-        plan = plan_adapters(list(self._adapters), list(names.values()), self.settings.lora_cache)
+        weights: dict[str, float] = {}  # by adapter: one file named twice adds up (it cannot be active twice)
+        paths: dict[str, str] = {}
+        for lora in loras:
+            name = self._adapter_name(lora.path)
+            weights[name] = weights.get(name, 0.0) + lora.scale
+            paths.setdefault(name, lora.path)
+        plan = plan_adapters(list(self._adapters), list(weights), self.settings.lora_cache)
         if plan.evict:
             self.pipe.delete_adapters(list(plan.evict))
             self.counts["adapter_unloads"] += len(plan.evict)
             self._adapters = {name: path for name, path in self._adapters.items() if name not in plan.evict}
-        for path, name in names.items():
-            if name in plan.load:
-                self._load(path, name)  # a LoRA that does not fit raises here, leaving the cache consistent
-                self._adapters[name] = path
+        for name in plan.load:
+            self._load(paths[name], name)  # a LoRA that does not fit raises here, leaving the cache consistent
+            self._adapters[name] = paths[name]
         self._adapters = {name: self._adapters[name] for name in plan.order}
         if not self._lora_enabled:
             self.pipe.enable_lora()
             self._lora_enabled = True
         # After loading, only the last adapter is active: always say which ones, with this request's scales.
-        self.pipe.set_adapters(list(names.values()), adapter_weights=[scales[path] for path in names])
+        self.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
 
     def _adapter_name(self, path: str) -> str:
         """An adapter name per file version: a local file edited on disk loads again."""
@@ -268,9 +264,11 @@ class PipelineWorker:
             raise RenderError(f"LoRA {path!r} is a LoKr adapter; zlab's diffusers backend loads LoRA adapters only")
         if state_dict and not any(key.startswith("transformer.") for key in state_dict):
             state_dict = {f"transformer.{key}": value for key, value in state_dict.items()}  # a bare PEFT file
+        if not state_dict:
+            raise RenderError(f"LoRA {path!r} holds no LoRA tensors")
         problems = unmatched_keys({k: tuple(v.shape) for k, v in state_dict.items()}, self._linears)
-        if problems or not state_dict:
-            raise RenderError(mismatch_message(path, problems or ["no tensors"], len(state_dict)))
+        if problems:
+            raise RenderError(mismatch_message(path, problems, len(state_dict)))
         self.pipe.load_lora_into_transformer(
             state_dict, transformer=self.pipe.transformer, adapter_name=name, metadata=metadata, _pipeline=self.pipe
         )
