@@ -9,6 +9,7 @@ whether zlab met it ("missed" rows are reported, never tuned away). Sections:
 4. contact sheet against a matplotlib grid               (bench_sheet)
 5. rerunning a finished sweep                            (bench_sweep)
 6. synthetic backend speed and client overhead           (bench_backend)
+7. polling under every queue regime, simulated and on the local server (bench_polling)
 
 `--quick` runs smaller versions of everything (about a minute); the full run takes a few minutes.
 See benchmarks/README.md for what each row measures and how.
@@ -24,6 +25,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the bench_* modules sit beside this file
 
 import bench_backend  # noqa: E402
+import bench_polling  # noqa: E402
 import bench_sheet  # noqa: E402
 import bench_sweep  # noqa: E402
 
-SECTIONS = {1: "sweep vs ideal", 2: "polling", 3: "naive loop", 4: "contact sheet", 5: "rerun", 6: "backend & overhead"}
+SECTIONS = {1: "sweep vs ideal", 2: "polling", 3: "naive loop", 4: "contact sheet", 5: "rerun", 6: "backend & overhead",
+            7: "polling regimes"}
 
 
 def machine() -> dict[str, str]:
@@ -94,7 +98,7 @@ def _md_cell(text: str) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], contenders: list[bench_sweep.Outcome], settings: dict[str, Any],
-             info: dict[str, str], quick: bool, took_s: float) -> str:
+             info: dict[str, str], quick: bool, took_s: float, extra: Sequence[str] = ()) -> str:
     ideal, latency = settings["ideal_s"], settings["latency_s"]
     out = [
         "# zlab benchmark results",
@@ -136,7 +140,39 @@ def markdown(rows: list[dict[str, Any]], contenders: list[bench_sweep.Outcome], 
         pct = "—" if math.isnan(c.median_lag) else f"{100 * c.median_lag / latency:.1f}%"
         out.append(f"| {c.name} | {c.wall_s:.2f} | {c.wall_s / ideal:.2f} | {c.polls_per_image:.2f} | {calls} | "
                    f"{lag[0]} | {pct} | {lag[1]} | {lag[2]} |")
-    return "\n".join(out) + "\n"
+    return "\n".join([*out, *extra]) + "\n"
+
+
+def regime_section(polling: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Section 7: a table row per regime and mode (local server where it ran, else simulated), and the
+    two regime tables for RESULTS.md."""
+    rows = []
+    stand = "local server" if polling["server"] else "simulated"
+    for reg in polling["regimes"]:
+        for f in polling["figures"]:
+            if f.regime != reg.name or f.contender != "zlab" or f.stand != stand:
+                continue
+            fixed = next((g for g in polling["figures"] if (g.regime, g.mode, g.stand, g.contender)
+                          == (f.regime, f.mode, f.stand, "fixed 0.25 s")), None)
+            all_queued = f.mode == "all queued"
+            target = ((f"<= {reg.wall_target:g}× · <= {reg.calls_target:g} calls · <= 10% lag" if all_queued
+                       else "<= 1.25×") if reg.targeted else "report")
+            rows.append({
+                "section": 7, "figure": f"{reg.name}, {f.mode} ({stand})", "zlab": round(f.wall_x, 3),
+                "baseline": round(fixed.wall_x, 3) if fixed else math.nan, "unit": "× ideal",
+                "ratio": f"{f.calls:.2f} calls/image, lag {f.lag_s * 1000:.0f} ms ({f.lag_pct:.1f}%)",
+                "target": target, "met": bench_polling.verdict(reg, f),
+                "notes": f"baseline: fixed 0.25 s poller ({fixed.calls:.1f} calls/image)" if fixed else "",
+            })
+    md = ["", "## Polling under every queue regime (section 7)", "",
+          "Each cell: wall time as a multiple of the ideal · status+result calls per image · median detection lag "
+          "(ms, % of the run time). Method: [bench_polling.py](bench_polling.py).", "",
+          "### Simulated (`zlab.queuesim`, 64 cells, 8 slots, 0.5 s jobs; means over seeds where random)", "",
+          *polling["simulated"]]
+    if polling["server"]:
+        md += ["", f"### Local server ({polling['cells']} cells, the server in its own process)", "",
+               *polling["server"]]
+    return rows, md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,24 +188,27 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     say(f"zlab benchmarks ({'quick' if args.quick else 'full'}) on {info['cpu']}, {info['cores']} cores, "
         f"Python {info['python']}")
-    say("[1-3, 5/6] sweeps against the local server ...")
+    say("[1-3, 5/7] sweeps against the local server ...")
     sweep_rows, contenders, settings = bench_sweep.run(args.quick, say=say)
-    say("[4/6] contact sheet vs matplotlib (bench_sheet) ...")
+    say("[4/7] contact sheet vs the decode floor and matplotlib (bench_sheet) ...")
     sheet_rows = [{"section": 4, **r} for r in bench_sheet.run(args.quick)]
     for r in sheet_rows:
         say(f"    {r['figure']}: zlab {r['zlab']} {r['unit']}, matplotlib {r['baseline']} {r['unit']}")
         if isinstance(r["ratio"], int | float):
             r["ratio"] = f"{r['ratio']:g}× (baseline / zlab)"
-    say("[6/6] synthetic backend and client overhead ...")
+    say("[6/7] synthetic backend and client overhead ...")
     backend_rows = bench_backend.run(args.quick, say=say)
-    rows = sorted(sweep_rows + sheet_rows + backend_rows, key=lambda r: r["section"])
+    say("[7/7] polling under every queue regime (bench_polling) ...")
+    polling = bench_polling.run(args.quick, say=say)
+    regime_rows, regime_md = regime_section(polling)
+    rows = sorted(sweep_rows + sheet_rows + backend_rows + regime_rows, key=lambda r: r["section"])
     took = time.perf_counter() - start
     print()
     print_table(rows)
     missed = [r["figure"] for r in rows if r["met"] is False]
     print(f"\n{len(missed)} target(s) missed" + (": " + "; ".join(missed) if missed else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(rows, contenders, settings, info, args.quick, took), encoding="utf-8")
+    args.out.write_text(markdown(rows, contenders, settings, info, args.quick, took, regime_md), encoding="utf-8")
     say(f"wrote {args.out}")
     return 0
 

@@ -127,8 +127,10 @@ class Pacer:
     intersect_min: int = 3  # agreeing recent bounds needed before their intersection is trusted
 
     live: dict[int, Track] = dataclasses.field(default_factory=dict)
-    offset: float | None = None  # server epoch seconds minus caller monotonic seconds
-    offset_error: float = math.inf
+    # Server epoch seconds minus caller monotonic seconds lies in [offset_low, offset_high]: a job is
+    # created after its submit left and before the answer came, and finished before /result said so.
+    offset_low: float = -math.inf
+    offset_high: float = math.inf
     kicks: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
     cascade: bool = False  # the frontier started with nothing of ours to explain it: ask the next now
     frontier_read_at: float | None = None
@@ -195,12 +197,29 @@ class Pacer:
                 cls.bounds.clear()  # the first wave ran differently (a cold start): forget it
         cls.bounds.append(bound)
 
-    def _learn_offset(self, track: Track, created: float | None) -> None:
-        if created is None or track.sent is None:
-            return
-        error = max(0.0, track.submitted - track.sent) / 2
-        if error < self.offset_error:
-            self.offset, self.offset_error = created - (track.sent + track.submitted) / 2, error
+    @property
+    def offset(self) -> float | None:
+        """Server clock minus the caller's: the middle of what is known, or the tightest lower bound."""
+        if not math.isfinite(self.offset_low):
+            return None
+        return (self.offset_low + self.offset_high) / 2 if math.isfinite(self.offset_high) else self.offset_low
+
+    @property
+    def offset_error(self) -> float:
+        """How far `offset` may be off (a few ms when submits' send times are known)."""
+        if not math.isfinite(self.offset_low):
+            return math.inf
+        return (self.offset_high - self.offset_low) / 2 if math.isfinite(self.offset_high) else 0.01
+
+    def _learn_offset(self, track: Track, received: float, created: float | None, finished: float | None) -> None:
+        if finished is not None:
+            self.offset_low = max(self.offset_low, finished - received)
+        if created is not None:
+            self.offset_low = max(self.offset_low, created - track.submitted)
+            if track.sent is not None:
+                self.offset_high = min(self.offset_high, created - track.sent)
+        if self.offset_high < self.offset_low:  # clocks stepped, or the server's stamps lie: trust the latest
+            self.offset_high = math.inf
 
     def _local(self, server_time: float | None) -> float | None:
         return None if server_time is None or self.offset is None else server_time - self.offset
@@ -299,7 +318,7 @@ class Pacer:
     def _saw_end(
         self, track: Track, received: float, phase: SeenPhase, created: float | None, finished: float | None
     ) -> None:
-        self._learn_offset(track, created)
+        self._learn_offset(track, received, created, finished)
         local = self._local(finished)
         end = received if local is None else min(local, received)
         if phase != "cancelled":  # a slot freed: the first queued job may take it
@@ -361,8 +380,12 @@ class Pacer:
         return Poll(max(now, self._running_at(track, est)), "result")
 
     def _frontier_at(self, track: Track, est: Estimate | None) -> float:
-        if self.kicks or self.cascade:
-            return -math.inf  # a slot freed, or something started unexplained: ask now
+        if self.cascade:
+            return -math.inf  # it started with nothing of ours to explain it: the next may have too
+        if self.kicks:
+            # A slot freed. Asking is not urgent (the server starts the job by itself, and the freed
+            # moment dates its start): let the burst of /result calls that finishes bring go first.
+            return self.kicks[0] + (self.frontier_min * est.seconds if est is not None else 0.0)
         last = track.last_poll if track.last_poll is not None else track.submitted
         base = max(last, self.frontier_read_at or last)
         if est is None:  # nothing finished yet: probe at growing intervals (a finish kicks it anyway)

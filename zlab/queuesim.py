@@ -202,10 +202,13 @@ Start = Callable[[int, float, float], None]  # (job index, submit sent, submit a
 Done = Callable[[int], None]
 
 
-def simulate(sc: Scenario, client: Client = "zlab", interval: float = 0.25, pacer: Pacer | None = None) -> Result:
+def simulate(
+    sc: Scenario, client: Client = "zlab", interval: float = 0.25, pacer: Pacer | None = None, sent_known: bool = True
+) -> Result:
     """Run `sc` with one client: zlab's planner (`pacer`, default a fresh one), a fixed-`interval`
     /status poller, the serial loop (one job at a time, /status every `interval`), or an instant
-    client (it knows every finish at once, over a network that takes no time: the ideal)."""
+    client (it knows every finish at once, over a network that takes no time: the ideal).
+    `sent_known=False`: zlab's tracks lack the submit's send time (a caller that does not set it)."""
     if client == "instant":
         sc = dataclasses.replace(sc, rtt_s=0.0, submit_gap_s=0.0)
     sim = _Sim(sc)
@@ -225,7 +228,7 @@ def simulate(sc: Scenario, client: Client = "zlab", interval: float = 0.25, pace
     if client == "instant":
         start = _instant(sim, done)
     elif client == "zlab":
-        start = _zlab(sim, done, pacer or Pacer())
+        start = _zlab(sim, done, pacer or Pacer(), sent_known)
     else:
         start = _fixed(sim, done, interval, first=0.0 if client == "serial" else interval)
     for k in range(limit):
@@ -263,14 +266,18 @@ def _fixed(sim: _Sim, done: Done, interval: float, first: float) -> Start:
     return start
 
 
-def _zlab(sim: _Sim, done: Done, planner: Pacer) -> Start:
+def _zlab(sim: _Sim, done: Done, planner: Pacer, sent_known: bool) -> Start:
     """zlab's waiters as `follow` runs them: plan, sleep (re-planning when woken), call, report."""
     tracks: dict[int, Track] = {}
     versions: collections.Counter[int] = collections.Counter()
     busy: set[int] = set()
 
     def start(i: int, sent: float, answered: float) -> None:
-        tracks[i] = Track(answered + CLIENT_CLOCK, sent=sent + CLIENT_CLOCK, megapixels=sim.ours[i].megapixels)
+        tracks[i] = Track(
+            answered + CLIENT_CLOCK,
+            sent=sent + CLIENT_CLOCK if sent_known else None,
+            megapixels=sim.ours[i].megapixels,
+        )
         planner.register(tracks[i])
         replan(i)
 
