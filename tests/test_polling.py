@@ -118,7 +118,7 @@ def test_only_the_first_queued_job_is_asked_again():
     assert 2.0 + 0.1 <= at <= 2.0 + 0.5 + 1e-9
 
 
-def test_a_finish_of_the_callers_asks_the_frontier_at_once():
+def test_a_finish_of_the_callers_asks_the_frontier_soon_after():
     pacer = Pacer()
     finished_job(pacer, 0.0, 1.0)
     running, queued = Track(2.0, sent=2.0), Track(2.0, sent=2.0)
@@ -129,8 +129,10 @@ def test_a_finish_of_the_callers_asks_the_frontier_at_once():
     assert pacer.plan(queued, 2.3).at > 2.3
     woke = pacer.saw(running, 3.02, 3.022, "succeeded", endpoint="result", created=EPOCH + 2.001,
                      finished=EPOCH + 3.001)
-    assert woke and pacer.plan(queued, 3.023).at == 3.023
-    pacer.saw(queued, 3.023, 3.025, "running")
+    # Asked soon after the slot freed (at 3.001), once the burst of /result calls a finish brings is out.
+    at = pacer.plan(queued, 3.023).at
+    assert woke and 3.023 <= at <= 3.001 + 0.1 * 1.0 + 0.01
+    pacer.saw(queued, at, at + 0.002, "running")
     assert queued.started == pytest.approx(3.001, abs=0.002)  # it took the slot that finish freed
 
 
