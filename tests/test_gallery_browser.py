@@ -24,6 +24,11 @@ from zlab.server import LocalServer
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 
 SHOTS = os.environ.get("ZLAB_SCREENSHOTS")
+PROGRESS = """from zlab.progress import Progress
+p = Progress(2, 0, True)
+p.counts["queued"] = 2
+p.move("queued", "running"); p.move("running", "succeeded", finished=True)
+p.move("queued", "succeeded", finished=True); p.close()"""
 GALLERY = ".zg"
 
 
@@ -38,7 +43,12 @@ def lab(tmp_path_factory):
         form = Form("a red fox", (LoraRow("owner/style", 0, 1, 3),), seeds="3, 4", sizes="256x256, 256x320")
         res = client.run(build_sweep(form), root / "run", progress=False, cache=False, echo=lambda _: None)
     assert res.ok
-    notebook(root / "gallery.ipynb", "import zlab\ng = zlab.Gallery('run', cell_width=96)\ng")
+    notebook(
+        root / "gallery.ipynb",
+        "import zlab\ng = zlab.Gallery('run', cell_width=96)\ng",
+        "zlab.SweepBuilder(prompt='a red fox', lora='owner/style')",
+        PROGRESS,
+    )
     work = tmp_path_factory.mktemp("labwork")
     server = JupyterLab(root, work)
     from playwright.sync_api import sync_playwright
@@ -71,7 +81,10 @@ def test_gallery_renders_thumbnails_on_a_grid_of_the_sweep_axes(lab):
         "() => [...document.querySelectorAll('.zg-cell img')].map(i => [i.naturalWidth, i.naturalHeight])"
     )
     assert all(w == 96 and h == 96 for w, h in sizes), sizes
-    assert not page.locator(".zlab-static").first.is_visible()  # the static copy hides while the widget lives
+    statics = page.locator(".zlab-static")
+    assert statics.count() == 2 and not any(statics.nth(i).is_visible() for i in range(2))  # hidden while live
+    assert page.locator(".widget-vbox.zlab-live textarea").first.is_visible()  # the builder's form, live
+    page.wait_for_function("() => document.body.innerText.includes('zlab 2/2 · 2 succeeded')")  # progress, final
     if SHOTS:
         gallery.screenshot(path=str(Path(SHOTS) / "gallery.png"))
 
@@ -105,7 +118,7 @@ def test_keys_move_the_selection_not_the_notebook(lab):
     page.wait_for_function("() => document.querySelector('.zg-pagelabel').textContent.startsWith('page 2 of 2')")
     page.keyboard.press("PageUp")
     assert server.active_cell(page) == before  # JupyterLab saw none of the keys
-    assert page.evaluate("() => document.querySelectorAll('.jp-Notebook .jp-Cell').length") == 1  # no cell added
+    assert page.evaluate("() => document.querySelectorAll('.jp-Notebook .jp-Cell').length") == 3  # no cell added
 
 
 def test_ab_compare_shows_two_full_size_images(lab):
@@ -163,12 +176,17 @@ def test_reopened_after_a_restart_the_notebook_shows_static_results(lab):
     server.open(page, "gallery.ipynb")
     page.wait_for_selector(".zlab-static img")
     time.sleep(1.0)  # let the widget renderer give up on its model
-    static = page.locator(".zlab-static")
+    static = page.locator(".zlab-static").first
     assert static.is_visible()
-    assert page.locator(".zlab-static img").count() == 12  # both pages, every thumbnail
+    assert static.locator("img").count() == 12  # both pages, every thumbnail
     assert page.locator(".zlab-static .zsg-pick").count() == 1  # the favourite, as it was when shown
+    builder = page.locator(".zlab-static").nth(1)
+    assert builder.is_visible() and "zlab sweep builder" in builder.inner_text() and "cells" in builder.inner_text()
+    assert "zlab 2/2 · 2 succeeded" in page.locator(".zlab-progress").inner_text()
     errors = page.get_by_text("Error displaying widget")
     assert all(not errors.nth(i).is_visible() for i in range(errors.count()))
     saved = json.loads((root / "gallery.ipynb").read_text())
     kinds = [sorted(o.get("data", {})) for o in saved["cells"][0]["outputs"]]
     assert ["text/html", "text/plain"] in kinds  # the static view travels with the file
+    progress = saved["cells"][2]["outputs"]
+    assert len(progress) == 1 and "zlab 2/2" in "".join(progress[0]["data"]["text/html"])  # one final state
