@@ -16,8 +16,8 @@ import nbformat
 import pytest
 from browser_check import CHROMIUM, MISSING, screenshot
 
-from zlab.errors import ValidationError
 from zlab.cli import main
+from zlab.errors import ValidationError
 from zlab.report import Report, kernel_for_current_python, parse_param_pairs, report
 
 NOTEBOOKS = Path(__file__).parent / "notebooks"

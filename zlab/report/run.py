@@ -79,14 +79,6 @@ def _href(path: Path) -> str:
         return path.resolve().as_uri()
 
 
-def _href(path: Path) -> str:
-    # relative links work in Jupyter (served from the notebook's folder) and in a file browser
-    try:
-        return urllib.parse.quote(os.path.relpath(path))
-    except ValueError:  # another drive on Windows
-        return path.resolve().as_uri()
-
-
 def report(
     notebook: str | Path,
     parameters: Mapping[str, Any] | None = None,
