@@ -105,8 +105,8 @@ def test_failed_job_raises_with_its_request_id():
     [
         Faults(seed=1, rate_limited=0.4, retry_after=0.05),
         Faults(seed=2, rate_limited_bare=0.3),
-        Faults(seed=3, server_error=0.3, unavailable=0.3),
-        Faults(seed=4, error_body=0.4),
+        Faults(seed=3, server_error=0.3, unavailable=0.3, endpoints=("status", "result", "cancel")),
+        Faults(seed=4, error_body=0.4, endpoints=("status", "result", "cancel")),
         Faults(seed=5, drop_poll=0.4, drop_mode="close"),
         Faults(seed=6, drop_poll=0.4, drop_mode="truncate"),
         Faults(seed=7, file_error=0.25, file_unavailable=0.15),
@@ -121,6 +121,16 @@ def test_generations_complete_through_faults_and_no_submit_is_accepted_twice(fau
         assert all(g.image.size == (256, 384) for g in gens)
         assert set(srv.stats.accepted().values()) == {1}
         assert sum(srv.stats.faults.values()) > 0 or faults.file_delay  # the faults really happened
+
+
+@pytest.mark.parametrize(
+    "faults", [Faults(server_error=1.0), Faults(unavailable=1.0), Faults(error_body=1.0)], ids=["500", "503", "200+code"]
+)
+def test_a_5xx_answer_to_a_submit_is_an_unknown_outcome_never_resent(faults):
+    with LocalServer(latency=0.01, faults=faults.replace(endpoints=("submit",))) as srv:
+        with Client(base_url=srv.base_url) as client, pytest.raises(errors.SubmitUnknownError, match="not resend"):
+            client.generate(SMALL)
+        assert srv.stats.calls["submit"] == 1  # sent once; the service may have created the job
 
 
 def test_retry_after_is_honoured():
@@ -147,14 +157,28 @@ def test_a_submit_whose_answer_is_lost_is_reported_not_resent():
         ("truncated", "not a valid image"),
         ("wrong_type", "not an image"),
         ("bomb", "refusing to decode"),
-        ("wrong_size", "was requested"),
-        ("non_http_url", r"only http\(s\)"),
     ],
 )
 def test_bad_outputs_are_clear_errors(bad, words):
     with LocalServer(latency=0.01, faults=Faults(bad_output=bad)) as srv, Client(base_url=srv.base_url) as client:
-        with pytest.raises(errors.DownloadError, match=words):
+        with pytest.raises(errors.DownloadError, match=words) as info:
             client.generate(SMALL)
+    assert "collect it again with client.job(" in str(info.value)  # paid for: never just dropped
+
+
+def test_a_non_http_output_url_is_never_fetched():
+    faults = Faults(bad_output="non_http_url")
+    with LocalServer(latency=0.01, faults=faults) as srv, Client(base_url=srv.base_url) as client:
+        with pytest.raises(errors.ProtocolError, match=r"no http\(s\) URL"):
+            client.generate(SMALL)
+
+
+def test_an_image_of_another_size_is_kept_with_a_note():
+    faults = Faults(bad_output="wrong_size")
+    with LocalServer(latency=0.01, faults=faults) as srv, Client(base_url=srv.base_url) as client:
+        gen = client.generate(SMALL)
+    assert gen.image.size != (SMALL.width, SMALL.height) and gen.size == gen.image.size
+    assert "rendered" in gen.note and f"{SMALL.width}×{SMALL.height}" in gen.note
 
 
 def test_oversized_output_is_refused():

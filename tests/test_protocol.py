@@ -6,9 +6,12 @@ import pytest
 
 from zlab import errors
 from zlab.protocol import (
+    Price,
     error_from_answer,
     output_urls,
+    parse_cancel,
     parse_outcome,
+    parse_price,
     parse_retry_after,
     parse_status,
     parse_submitted,
@@ -19,8 +22,21 @@ def test_submit_rebuilds_missing_urls():
     sub = parse_submitted({"request_id": "abc_1-2"}, "http://h:1/")
     assert sub.status_url == "http://h:1/v1/requests/abc_1-2/status"
     assert sub.cancel_url.endswith("/abc_1-2/cancel")
+
+
+@pytest.mark.parametrize("request_id", ["req.x", "req:x", "../etc", "a/b?c#d", "x" * 256, "ünï"])
+def test_request_ids_are_recorded_as_given_and_quoted_in_paths(request_id):
+    sub = parse_submitted({"request_id": request_id, "status_url": "https://evil.example/steal"}, "http://h:1")
+    assert sub.request_id == request_id
+    path = sub.status_url.removeprefix("http://h:1/v1/requests/").removesuffix("/status")
+    assert "/" not in path and "?" not in path and "#" not in path  # one path segment, at our own host
+    assert parse_submitted({"request_id": 12345}, "http://h").request_id == "12345"
+
+
+@pytest.mark.parametrize("bad", [None, "", "   ", "a\nb", ["x"], {"id": 1}, "x" * 5000])
+def test_unusable_request_ids_are_protocol_errors(bad):
     with pytest.raises(errors.ProtocolError):
-        parse_submitted({"request_id": "../etc"}, "http://h")
+        parse_submitted({"request_id": bad}, "http://h")
 
 
 def test_both_vocabularies_and_positions():
@@ -37,6 +53,8 @@ def test_unknown_status_is_an_error_not_a_wait():
         parse_status({"status": "paused_forever"})
     with pytest.raises(errors.ProtocolError):
         parse_outcome({"status": "succeeded", "output": {}})
+    with pytest.raises(errors.ProtocolError):
+        parse_outcome({"status": "succeeded", "output": {"image": "file:///etc/passwd"}})
 
 
 def test_failed_is_visible_only_on_result():
@@ -44,15 +62,88 @@ def test_failed_is_visible_only_on_result():
     assert out.phase == "failed" and out.error == {"msg": "oom"}
 
 
-def test_outputs_under_any_schema_key():
-    assert output_urls({"images": ["a", "b"], "video": "v"}) == ("a", "b", "v")
-    assert output_urls(None) == ()
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"image": "https://cdn/a.png"},
+        {"images": ["https://cdn/a.png"]},
+        "https://cdn/a.png",
+        ["https://cdn/a.png"],
+        [{"url": "https://cdn/a.png", "content_type": "image/png"}],
+        {"images": [{"url": "https://cdn/a.png"}]},
+        {"result": {"files": [{"meta": 1, "url": "https://cdn/a.png"}]}},
+    ],
+)
+def test_every_output_shape_gives_its_url(output):
+    assert output_urls(output) == ("https://cdn/a.png",)
+    assert parse_outcome({"status": "completed", "output": output}).outputs == ("https://cdn/a.png",)
+
+
+def test_outputs_keep_order_drop_repeats_and_non_http():
+    output = {"images": ["http://a/1.png", "file:///etc/passwd", "http://a/1.png", "https://b/2.webp"], "n": 3}
+    assert output_urls(output) == ("http://a/1.png", "https://b/2.webp")
+    assert output_urls(None) == () and output_urls("not a url") == ()
 
 
 def test_error_code_with_http_200_is_an_error():
     error = error_from_answer(200, {"error_code": 500001, "error_message": "boom"})
-    assert isinstance(error, errors.APIError) and error.error_code == 500001
+    assert isinstance(error, errors.ServerError) and error.error_code == 500001
     assert error_from_answer(200, {"request_id": "x"}) is None
+
+
+def test_null_error_code_is_a_success():
+    body = {"request_id": "r", "status": "succeeded", "error_code": None, "error_message": None}
+    assert error_from_answer(200, body) is None
+    assert error_from_answer(202, {"request_id": "r", "error_code": None}) is None
+
+
+def test_not_ready_as_an_error_is_recognised():
+    assert type(error_from_answer(400, {"error_code": 400005, "error_message": "not ready"})) is errors.NotReady
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"message": "Invalid token"}, "Invalid token"),
+        ({"detail": "Not authenticated"}, "Not authenticated"),
+        ({"error": "nope"}, "nope"),
+        (None, "no JSON"),
+    ],
+)
+def test_refused_token_in_any_dialect(body, text):
+    for status in (401, 403):
+        error = error_from_answer(status, body)
+        assert type(error) is errors.AuthError and text in str(error) and "RUNCOMFY_TOKEN" in str(error)
+
+
+def test_status_failed_and_string_errors():
+    assert parse_status({"status": "failed", "error": "Model run failed"}).terminal
+    out = parse_outcome({"status": "failed", "error": "Model run failed"})
+    assert out.phase == "failed" and out.error == "Model run failed"
+
+
+@pytest.mark.parametrize(("body", "outcome"), [
+    ({"outcome": "cancelled"}, "cancelled"), ({"outcome": "canceled"}, "cancelled"),
+    ({"status": "canceled"}, "cancelled"), ({"outcome": "not_cancellable"}, "not_cancellable"),
+    (None, "unknown"), ({}, "unknown"),
+])  # fmt: skip
+def test_cancel_answers(body, outcome):
+    assert parse_cancel(body) == outcome
+
+
+def test_queue_positions_any_base_or_none():
+    assert parse_status({"status": "in_queue", "queue_position": 0}).queue_position == 0
+    assert parse_status({"status": "in_queue", "queue_position": None}).queue_position is None
+    assert parse_status({"status": "in_queue"}).queue_position is None
+    assert parse_outcome({"status": "in_queue", "queue_position": 2}).queue_position == 2
+
+
+def test_cost_and_price():
+    assert parse_outcome({"status": "succeeded", "output": "http://a/x.png", "cost": 0.012}).cost_usd == 0.012
+    assert parse_outcome({"status": "succeeded", "output": "http://a/x.png", "cost": "nan"}).cost_usd is None
+    assert parse_price({"base_price_usd": 0.01, "price_unit": "image"}) == Price(0.01, "image")
+    assert parse_price({"base_price_usd": -1, "price_unit": "image"}) is None
+    assert parse_price({"error_code": 404}) is None
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
-"""The async HTTP layer for the four RunComfy endpoints: auth, retries, error mapping.
+"""The async HTTP layer for the RunComfy endpoints: auth, retries, deadlines, error mapping.
 
 `API` is deliberately thin: it sends, classifies the fault, asks `zlab.retry` what to do, and
 hands bodies to `zlab.protocol`. A 429 pauses every caller sharing this `API` (not just the one
-that saw it), so a sweep of hundreds of cells backs off as one instead of hammering the service.
-The pause lives in the transport (`_Gate`), right at the wire: it closes the moment a 429 arrives
-and holds every later API call, including ones already waiting for a connection.
+that saw it), so a sweep of hundreds of cells backs off as one instead of hammering the service;
+the pause is capped, and a longer Retry-After fails the call with a message saying how long the
+service asked for. Every exchange has a total deadline (body included), so a trickling answer cannot
+hold a call. Output files are not fetched here: `zlab.download` has its own client, without the token.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import collections
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -23,27 +25,37 @@ from zlab.config import Secret
 from zlab.retry import Fault, RetryPolicy, backoff_s, should_retry
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=60.0)
+PRICE_TIMEOUT_S = 10.0
+
+
+class _Pause:
+    """A pause every API call waits out before it is sent (set by a 429), shared by all callers."""
+
+    def __init__(self) -> None:
+        self.until = 0.0  # monotonic time
+
+    def extend(self, seconds: float) -> None:
+        self.until = max(self.until, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        while (delay := self.until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
 
 
 class _Gate(httpx.AsyncBaseTransport):
-    """Holds calls to the API while a pause runs; a 429 with Retry-After starts one as it passes."""
+    """Starts the pause the moment a 429 with a (bounded) Retry-After passes, right at the wire, and holds
+    calls already waiting for a connection: no call leaves before the service said it may."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, base_url: str) -> None:
-        self.inner, self.base_url = inner, base_url
-        self.closed_until = 0.0  # monotonic time
-
-    def close_for(self, seconds: float) -> None:
-        self.closed_until = max(self.closed_until, time.monotonic() + seconds)
+    def __init__(self, inner: httpx.AsyncBaseTransport, pause: _Pause, max_wait_s: float) -> None:
+        self.inner, self.pause, self.max_wait_s = inner, pause, max_wait_s
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if str(request.url).startswith(self.base_url):  # output files live elsewhere (a CDN): not held
-            while (delay := self.closed_until - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
+        await self.pause.wait()
         response = await self.inner.handle_async_request(request)
         if response.status_code == 429:
             retry_after = protocol.parse_retry_after(response.headers.get("Retry-After"))
-            if retry_after:
-                self.close_for(retry_after)
+            if retry_after and retry_after <= self.max_wait_s:
+                self.pause.extend(retry_after)
         return response
 
     async def aclose(self) -> None:
@@ -67,62 +79,110 @@ class API:
         self.retry = retry
         self.calls: collections.Counter[str] = collections.Counter()  # per endpoint, for benchmarks
         self._token = token
+        self._pause = _Pause()
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._gate = _Gate(transport or httpx.AsyncHTTPTransport(limits=limits), self.base_url)
-        # No auth on the client itself: the header is added per call, so output downloads never carry it.
-        self._http = httpx.AsyncClient(transport=self._gate, timeout=timeout, follow_redirects=False)
+        # No auth on the client itself: the header is added per call. Redirects are not followed: an
+        # API answer that redirects elsewhere must not carry the token there.
+        gate = _Gate(transport or httpx.AsyncHTTPTransport(limits=limits), self._pause, retry.max_retry_after_s)
+        self._http = httpx.AsyncClient(transport=gate, timeout=timeout, follow_redirects=False)
 
     def __repr__(self) -> str:
         return f"<API {self.base_url} token={'set' if self._token else 'none'}>"
 
-    @property
-    def http(self) -> httpx.AsyncClient:
-        return self._http
-
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def submit(self, model: str, payload: dict[str, Any]) -> protocol.Submitted:
+    async def submit(
+        self, model: str, payload: dict[str, Any], *, on_send: Callable[[], None] | None = None
+    ) -> protocol.Submitted:
+        """POST one job. `on_send` runs right before each attempt leaves (after any 429 pause), so a
+        caller can record "this may now be billed" exactly when it becomes true.
+
+        Raises `SubmitUnknownError` when the job may exist but its id is not known (never resent here).
+        """
         url = f"{self.base_url}/v1/models/{quote(model, safe='/')}"
-        body = await self._call("submit", "POST", url, json_body=payload)
-        return protocol.parse_submitted(body, self.base_url)
+        body = await self._call("submit", "POST", url, json_body=payload, on_send=on_send)
+        try:
+            return protocol.parse_submitted(body, self.base_url)
+        except errors.ProtocolError as exc:
+            raise errors.SubmitUnknownError(
+                f"the service accepted the submit but its answer holds no usable request id ({exc}); the job may "
+                "exist and be billed: zlab will not resend it on its own"
+            ) from None
 
     async def status(self, request_id: str) -> protocol.Status:
         body = await self._call("status", "GET", self._url(request_id, "status"), request_id=request_id)
         return protocol.parse_status(body, request_id)
 
     async def result(self, request_id: str) -> protocol.Outcome:
-        body = await self._call("result", "GET", self._url(request_id, "result"), request_id=request_id)
+        """/result, asking for the cost too; "not ready" in either form (HTTP 200 in_queue/in_progress,
+        or HTTP 400 with code 400005) comes back as an unfinished Outcome."""
+        url = self._url(request_id, "result") + "?include_cost=true"
+        try:
+            body = await self._call("result", "GET", url, request_id=request_id)
+        except errors.NotReady:
+            return protocol.not_ready(request_id)
         return protocol.parse_outcome(body, request_id)
 
-    async def cancel(self, request_id: str) -> str:
-        """Ask to cancel; returns the outcome (`cancelled` or `not_cancellable`)."""
-        body = await self._call("cancel", "POST", self._url(request_id, "cancel"), request_id=request_id)
-        return str(body.get("outcome") or body.get("status") or "unknown")
+    async def cancel(self, request_id: str) -> protocol.CancelOutcome:
+        """Ask to cancel; `cancelled`, `not_cancellable`, or `unknown` (e.g. an empty 202: ask /status)."""
+        body = await self._call(
+            "cancel", "POST", self._url(request_id, "cancel"), request_id=request_id, empty_ok=True
+        )
+        return protocol.parse_cancel(body)
+
+    async def price(self, model: str) -> protocol.Price | None:
+        """The service's own price for `model`, or None if it does not say (never raises, never waits long)."""
+        url = f"{self.base_url}/v1/models/{quote(model, safe='/')}"
+        headers = self._headers()
+        try:
+            async with asyncio.timeout(PRICE_TIMEOUT_S):
+                response = await self._http.get(url, headers=headers)
+        except (httpx.HTTPError, TimeoutError):
+            return None
+        self.calls["price"] += 1
+        body = _json_or_none(response)
+        return None if protocol.is_error(response.status_code, body) else protocol.parse_price(body)
 
     def _url(self, request_id: str, what: str) -> str:
-        return f"{self.base_url}/v1/requests/{quote(protocol.check_request_id(request_id), safe='')}/{what}"
+        return f"{self.base_url}/v1/requests/{quote(request_id, safe='')}/{what}"
 
-    async def _call(
-        self, name: str, method: str, url: str, *, json_body: Any = None, request_id: str | None = None
-    ) -> dict[str, Any]:
-        is_submit = name == "submit"
-        deadline = time.monotonic() + self.retry.deadline_s
+    def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        return headers
+
+    async def _call(
+        self,
+        name: str,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        request_id: str | None = None,
+        on_send: Callable[[], None] | None = None,
+        empty_ok: bool = False,
+    ) -> Any:
+        is_submit = name == "submit"
+        deadline = time.monotonic() + self.retry.deadline_s
+        headers = self._headers()
         attempt = 0
         while True:
             attempt += 1
+            await self._pause.wait()
+            if on_send is not None:
+                on_send()
             self.calls[name] += 1
             fault: Fault | None
             failure: errors.ZlabError
             retry_after: float | None = None
             try:
-                response = await self._http.request(method, url, json=json_body, headers=headers)
+                async with asyncio.timeout(self.retry.call_s):
+                    response = await self._http.request(method, url, json=json_body, headers=headers)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 fault, failure = "connect", errors.TransportError(f"could not connect to {self.base_url}: {exc}")
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, TimeoutError) as exc:
                 fault, failure = "lost", self._lost(name, exc, request_id)
             else:
                 body = _json_or_none(response)
@@ -130,20 +190,35 @@ class API:
                     response.status_code, body, request_id=request_id, retry_after=response.headers.get("Retry-After")
                 )
                 if error is None:
-                    if not isinstance(body, dict):
-                        raise errors.ProtocolError(f"{name} answered HTTP {response.status_code} with no JSON object")
-                    return body
-                fault, failure = _fault_of(response.status_code, error), error
-                if isinstance(error, errors.RateLimitedError):
-                    retry_after = error.retry_after
+                    if isinstance(body, dict) or (empty_ok and not response.content.strip()):
+                        return body
+                    # A 2xx whose body cannot be read: for a submit the job may exist (unknown outcome).
+                    fault = "lost"
+                    unreadable = ValueError(f"HTTP {response.status_code} with no JSON object")
+                    failure = self._lost(name, unreadable, request_id)
+                else:
+                    fault, failure = _fault_of(response.status_code, error), error
+                    if isinstance(error, errors.RateLimitedError):
+                        retry_after = error.retry_after
+                    if is_submit and fault is not None and not should_retry(fault, is_submit=True):
+                        failure = self._unknown(error)
             if fault is None or not should_retry(fault, is_submit=is_submit) or attempt >= self.retry.attempts:
                 raise failure
+            if retry_after is not None and retry_after > self.retry.max_retry_after_s:
+                raise errors.RateLimitedError(
+                    f"the service asked zlab to wait {retry_after:.0f} s before calling again (Retry-After), longer "
+                    f"than zlab waits ({self.retry.max_retry_after_s:.0f} s): try again later",
+                    retry_after=retry_after,
+                    status_code=429,
+                    request_id=request_id,
+                )
             wait = backoff_s(self.retry, attempt, fault, retry_after)
             if time.monotonic() + wait > deadline:
                 raise failure
             if fault == "rate_limited":  # everyone sharing this API waits, not only this caller
-                self._gate.close_for(wait)
-            await asyncio.sleep(wait)
+                self._pause.extend(wait)
+            else:
+                await asyncio.sleep(wait)
 
     def _lost(self, name: str, exc: Exception, request_id: str | None) -> errors.TransportError:
         if name == "submit":
@@ -153,21 +228,22 @@ class API:
             )
         return errors.TransportError(f"{name} for request {request_id} failed: {type(exc).__name__}: {exc}")
 
+    @staticmethod
+    def _unknown(error: errors.APIError) -> errors.SubmitUnknownError:
+        return errors.SubmitUnknownError(
+            f"the submit's answer was an error after the body was sent ({error}): the job may exist and be billed; "
+            "zlab will not resend it on its own (a sweep records the cell as 'unknown')"
+        )
+
 
 def _fault_of(status_code: int, error: errors.APIError) -> Fault | None:
     """Which passing fault an error answer is, or None when retrying cannot help (auth, balance, input)."""
-    by_code: dict[int, Fault] = {
-        429: "rate_limited",
-        500: "server_error",
-        503: "unavailable",
-        502: "gateway",
-        504: "gateway",
-    }
-    if status_code in by_code:
-        return by_code[status_code]
-    # An `error_code` body with HTTP 200: the service answered and did not do the work; retry unless
-    # the code says retrying cannot help.
-    if status_code < 400 and type(error) in (errors.APIError, errors.ServerError):
+    if isinstance(error, errors.RateLimitedError):
+        return "rate_limited"
+    by_status: dict[int, Fault] = {500: "server_error", 503: "unavailable", 502: "gateway", 504: "gateway"}
+    if status_code in by_status:
+        return by_status[status_code]
+    if isinstance(error, errors.ServerError):  # another 5xx, or a 5xxxxx code with HTTP 200
         return "server_error"
     return None
 

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from zlab.errors import ValidationError
-from zlab.request import MAX_LORAS, SEED_RANGE, SIZE_RANGE, check_int, check_path, check_scale
+from zlab.request import MAX_LORAS, SEED_RANGE, SIZE_RANGE, SIZE_STEP, check_int, check_path, check_scale, check_size
 
 LORA_AXIS = re.compile(r"^lora([1-9])_(scale|path)$")
 AXIS_NAMES = (
@@ -86,13 +86,15 @@ def parse_range(name: str, text: str) -> list[float | int]:
 
 def parse_size(name: str, value: Any) -> tuple[int, int]:
     lo, hi = SIZE_RANGE
-    allowed = f'"WxH" with W and H integers from {lo} to {hi}, e.g. "1024x1536"'
+    allowed = f'"WxH" with W and H multiples of {SIZE_STEP} from {lo} to {hi}, e.g. "1024x1536"'
     match = _SIZE.match(value) if isinstance(value, str) else None
     if not match:
         raise ValidationError(name, value, allowed)
     width, height = int(match[1]), int(match[2])
     if not (lo <= width <= hi and lo <= height <= hi):
         raise ValidationError(name, value, allowed)
+    check_size(f"{name} {value!r}: width", width)
+    check_size(f"{name} {value!r}: height", height)
     return width, height
 
 
@@ -125,7 +127,7 @@ def check_value(name: str, value: Any) -> Any:
     if name == "seed":
         return check_int(name, value, *SEED_RANGE)
     if name in ("width", "height"):
-        return check_int(name, value, *SIZE_RANGE)
+        return check_size(name, value)
     if name == "size":
         width, height = parse_size(name, value)
         return f"{width}x{height}"

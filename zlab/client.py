@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -17,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from zlab import _loop, errors
+from zlab import _loop, errors, jobs
 from zlab.api import API, DEFAULT_TIMEOUT
-from zlab.config import Secret, Settings, resolve_settings
-from zlab.download import decode_image, fetch
+from zlab.config import Secret, Settings, is_loopback, resolve_settings
+from zlab.download import Downloader
+from zlab.follow import Signal
 from zlab.jobs import Generation, Job
 from zlab.polling import Pacer, Track
-from zlab.protocol import Outcome, Status
-from zlab.request import MODEL_ID, Request
+from zlab.pricing import Pricing, resolve_pricing
+from zlab.protocol import CancelOutcome, Outcome, Status
+from zlab.request import MODEL_ID, Request, is_local_path
 from zlab.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -50,21 +53,61 @@ class AsyncClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         retry: RetryPolicy = RetryPolicy(),
         price_per_mp: float | None = None,
+        price_per_image: float | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
-        self.settings: Settings = resolve_settings(token, base_url, price_per_mp=price_per_mp)
+        self.settings: Settings = resolve_settings(
+            token, base_url, price_per_mp=price_per_mp, price_per_image=price_per_image
+        )
         self.model = model
         self.pacer = Pacer()
+        self.signal = Signal()  # wakes every waiter of this client when an estimate changes
         self.cache_dir = cache_dir
         self._server: Any = None
+        self._pricing: Pricing | None = None
         base = self.settings.base_url
         if base is None:
             base = self._start_local_server()
         self.api = API(base, self.settings.token, transport=transport, timeout=timeout, retry=retry)
+        self.downloads = Downloader(transport=transport)  # its own client: output files never see the token
 
     @property
     def base_url(self) -> str:
         return self.api.base_url
+
+    @property
+    def builtin(self) -> bool:
+        """Whether this client started the built-in local server (nothing is billed; it dies with the client)."""
+        return self._server is not None
+
+    @property
+    def identity(self) -> str:
+        """Names the API that accepts this client's jobs; a job is only ever asked about where it was accepted.
+        The built-in server's port changes every time, so it has one name of its own."""
+        return "zlab-builtin" if self.builtin else self.base_url
+
+    async def pricing(self) -> Pricing:
+        """What an image costs here: the service's own price (`GET /v1/models/{id}`) when it answers,
+        else ZLAB_PRICE_PER_IMAGE, else ZLAB_PRICE_PER_MP (a peer's per-megapixel price). Asked once."""
+        if self._pricing is None:
+            service = None if self.builtin else await self.api.price(self.model)
+            self._pricing = resolve_pricing(service, self.settings)
+        return self._pricing
+
+    def check_request(self, request: Request | dict[str, Any]) -> None:
+        """Refuse, before anything is sent, what this API cannot do: a LoRA file on this machine can only be
+        read by a local server (`zlab serve --backend diffusers`), never by RunComfy."""
+        if not isinstance(request, Request) or is_loopback(self.base_url):
+            return
+        for index, lora in enumerate(request.loras):
+            if is_local_path(lora.path):
+                raise errors.ValidationError(
+                    f"loras[{index}].path",
+                    lora.path,
+                    "a Hugging Face repo id or an https:// URL that the service can download",
+                    "A file on this machine cannot be read by RunComfy: upload it (e.g. to Hugging Face) and use its "
+                    "repo id or URL, or run the sweep on your own GPU with `zlab serve --backend diffusers`.",
+                )
 
     def __repr__(self) -> str:
         where = "local server" if self._server is not None else "RunComfy" if "runcomfy" in self.base_url else "server"
@@ -99,11 +142,12 @@ class AsyncClient:
         model = model or self.model
         if isinstance(request, Request) and model != MODEL_ID:
             raise errors.ConfigError(f"zlab.Request is the schema of {MODEL_ID}; pass a dict for model {model!r}")
+        self.check_request(request)
         payload = request.to_input() if isinstance(request, Request) else dict(request)
         track = Track(time.monotonic())
-        submitted = await self.api.submit(model, payload)
+        request_id = await jobs.send(self.api, model, payload)
         track.submitted = time.monotonic()
-        return Job(submitted.request_id, request, model, self, track)
+        return Job(request_id, request, model, self, track)
 
     def job(self, request_id: str, request: Request | dict[str, Any] | None = None) -> Job:
         """A handle for a job submitted earlier (e.g. by a run that was interrupted)."""
@@ -117,36 +161,29 @@ class AsyncClient:
 
         If `timeout` passes first, a still-queued job is cancelled (nothing is billed); a running one
         finishes on the server and `WaitTimeout.request_id` lets you collect it with `client.job(id)`.
+        A download that fails after the job succeeded says how to collect it again (it is paid for).
         """
+        if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
+            raise errors.ValidationError("timeout", timeout, "a number of seconds > 0")
         job = await self.submit(request)
         try:
             return await job.download(timeout)
         except errors.WaitTimeout:
-            outcome = await job.cancel()
+            outcome = await _bounded(jobs.cancel(self.api, job.request_id))
             raise errors.WaitTimeout(
                 f"request {job.request_id} did not finish within {timeout:g}s; cancel outcome: {outcome}. "
                 f"If it was running, collect it later with client.job({job.request_id!r}).download()",
                 request_id=job.request_id,
             ) from None
-
-    async def collect(self, job: Job, outcome: Outcome) -> Generation:
-        """Download and check the first output of a finished job."""
-        url = outcome.outputs[0]
-        data = await fetch(self.api.http, url, retry=self.api.retry)
-        request = job.request
-        expected = (request.width, request.height) if isinstance(request, Request) else None
-        image = decode_image(data, expected_size=expected, url=url)
-        span = (
-            (outcome.finished_at - outcome.created_at).total_seconds()
-            if outcome.created_at and outcome.finished_at
-            else None
-        )
-        track = job._track
-        queue_s = max(0.0, track.started - track.submitted) if track.started is not None else 0.0
-        run_s = None if span is None else max(0.0, span - queue_s)
-        return Generation(
-            request or {}, job.request_id, url, data, image, outcome.created_at, outcome.finished_at, queue_s, run_s
-        )
+        except (errors.DownloadError, errors.ProtocolError, errors.TransportError) as exc:
+            raise type(exc)(
+                f"{exc}. The job succeeded and is paid for: collect it again with "
+                f"client.job({job.request_id!r}).download()"
+            ) from exc
+        except asyncio.CancelledError:  # interrupted: a queued job is cancelled (free), a running one reported
+            outcome = await _bounded(jobs.cancel(self.api, job.request_id))
+            _say(f"zlab: interrupted; request {job.request_id} cancel outcome: {outcome}")
+            raise
 
     async def run(self, sweep: Sweep, out: str | Path, **options: Any) -> RunResult:
         """Run a sweep into a run directory (resumable); see `zlab.runner.run_sweep` for options."""
@@ -156,6 +193,7 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         await self.api.aclose()
+        await self.downloads.aclose()
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -185,7 +223,7 @@ class SyncJob:
     def wait(self, timeout: float = 600.0) -> Outcome:
         return _loop.run_sync(self._job.wait(timeout))
 
-    def cancel(self) -> str:
+    def cancel(self) -> CancelOutcome:
         return _loop.run_sync(self._job.cancel())
 
     def download(self, timeout: float = 600.0) -> Generation:
@@ -231,3 +269,25 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _bounded(coro: Any, seconds: float = 8.0) -> str:
+    """A clean-up call that must not hang an exit: its answer, or why there is none."""
+    try:
+        async with asyncio.timeout(seconds):
+            return str(await coro)
+    except (errors.ZlabError, TimeoutError) as exc:
+        return f"unknown ({type(exc).__name__})"
+
+
+def _say(line: str) -> None:
+    """A routine line: stdout in a notebook (stderr is painted as an error there), stderr in a terminal."""
+    print(line, file=sys.stdout if in_notebook() else sys.stderr, flush=True)
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel."""
+    shell = sys.modules.get("IPython")
+    get = getattr(shell, "get_ipython", None)
+    kernel = get() if get else None
+    return kernel is not None and "IPKernelApp" in getattr(kernel, "config", {})

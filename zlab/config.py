@@ -7,8 +7,10 @@ a log line, an exception or a file by accident; only the HTTP layer calls `.reve
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from zlab.errors import ConfigError
 
@@ -45,11 +47,12 @@ class Secret:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Where the API is and how to authenticate; `local` means: start the built-in server."""
+    """Where the API is, how to authenticate, and the fallback price; `base_url=None` means the built-in server."""
 
     base_url: str | None  # None: use the built-in local server
     token: Secret | None
     price_per_mp: float = DEFAULT_PRICE_PER_MP
+    price_per_image: float | None = None  # RunComfy bills per request: set ZLAB_PRICE_PER_IMAGE when you know it
 
     @property
     def local(self) -> bool:
@@ -61,26 +64,81 @@ def resolve_settings(
     base_url: str | None = None,
     env: Mapping[str, str] | None = None,
     price_per_mp: float | None = None,
+    price_per_image: float | None = None,
 ) -> Settings:
     """Argument → RUNCOMFY_TOKEN → RUNCOMFY_API_KEY; base URL argument → ZLAB_BASE_URL → RunComfy's.
 
     With neither a token nor a base URL (or with base URL `local`), the result asks for the local server.
+    Everything is checked here, before anything is sent; a bad token is named, never shown.
     """
     env = os.environ if env is None else env
     raw_token = token if token is not None else env.get("RUNCOMFY_TOKEN") or env.get("RUNCOMFY_API_KEY") or None
-    secret = raw_token if isinstance(raw_token, Secret) or raw_token is None else Secret(raw_token)
-    url = base_url if base_url is not None else env.get("ZLAB_BASE_URL") or None
-    price = price_per_mp if price_per_mp is not None else float(env.get("ZLAB_PRICE_PER_MP", DEFAULT_PRICE_PER_MP))
+    secret = check_token(raw_token) if raw_token is not None else None
+    url = base_url if base_url is not None else (env.get("ZLAB_BASE_URL") or "").strip() or None
+    per_mp = _price("ZLAB_PRICE_PER_MP", price_per_mp, env.get("ZLAB_PRICE_PER_MP"), DEFAULT_PRICE_PER_MP)
+    per_image = _price("ZLAB_PRICE_PER_IMAGE", price_per_image, env.get("ZLAB_PRICE_PER_IMAGE"), None)
     if url == LOCAL or (url is None and secret is None):
-        return Settings(base_url=None, token=secret, price_per_mp=price)
-    url = (url or RUNCOMFY_BASE_URL).rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"base URL {url!r} must start with http:// or https:// (or be 'local' for the built-in server)"
-        )
+        return Settings(base_url=None, token=secret, price_per_mp=per_mp, price_per_image=per_image)
+    url = check_base_url(url or RUNCOMFY_BASE_URL)
     if secret is None and url == RUNCOMFY_BASE_URL:  # other servers (a LocalServer elsewhere) may need none
         raise ConfigError(
             f"no API token for {url}: set RUNCOMFY_TOKEN (or RUNCOMFY_API_KEY), "
             "or unset ZLAB_BASE_URL to use the built-in local server"
         )
-    return Settings(base_url=url, token=secret, price_per_mp=price)
+    return Settings(base_url=url, token=secret, price_per_mp=per_mp, price_per_image=per_image)
+
+
+def check_token(raw: str | Secret) -> Secret | None:
+    """Strip whitespace (a token file with Windows line endings ends in "\r\n") and refuse characters
+    no HTTP header may carry. The message names the variable and the problem, never the value."""
+    value = raw.reveal() if isinstance(raw, Secret) else raw
+    if not isinstance(value, str):
+        raise ConfigError("the API token must be text (RUNCOMFY_TOKEN)")
+    value = value.strip()
+    if not value:
+        return None
+    bad = [ch for ch in value if not (33 <= ord(ch) <= 126)]
+    if bad:
+        kind = "non-ASCII characters" if any(ord(ch) > 126 for ch in bad) else "spaces or control characters"
+        raise ConfigError(
+            f"the API token (RUNCOMFY_TOKEN / RUNCOMFY_API_KEY) contains {kind}, which cannot be sent in an "
+            "HTTP header: copy the key again from your RunComfy account"
+        )
+    return Secret(value)
+
+
+def check_base_url(url: str) -> str:
+    """An http(s) URL with a host, no spaces, no credentials; the message says what to write instead."""
+    hint = "(or 'local' for the built-in server), e.g. https://model-api.runcomfy.net or http://127.0.0.1:8188"
+    text = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"ZLAB_BASE_URL {text[:100]!r} is not a valid URL {hint}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(ch.isspace() for ch in text):
+        raise ConfigError(f"ZLAB_BASE_URL {text[:100]!r} must be an http:// or https:// URL with a host {hint}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"ZLAB_BASE_URL {text[:100]!r} must not carry credentials, a query or a fragment {hint}")
+    del port
+    return text
+
+
+def _price(name: str, given: float | None, raw: str | None, default: float | None) -> float | None:
+    """A price from an argument or the environment: a finite number >= 0, else a ConfigError naming it."""
+    value: object = given if given is not None else raw
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={str(value)[:40]!r} is not a number: give USD as a number >= 0, e.g. 0.01") from None
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{name}={number!r} is not allowed: give a finite number of USD >= 0")
+    return number
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` points at this machine (the built-in or a `zlab serve` server)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "localhost" or host.startswith("127.") or host == "::1"

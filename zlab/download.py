@@ -1,14 +1,17 @@
-"""Fetching output files: no token, retries on CDN faults, and proof that the bytes are the image asked for.
+"""Fetching output files: their own HTTP client, no token, bounded in size and time, bytes checked.
 
-Output URLs are public CDN links of undocumented lifetime, so they are fetched at once, without the
-API token, with a size cap, and checked (an image, fully decodable, of the requested size, not a
-decompression bomb) before anything is written. Writing is atomic: a crash never leaves half a file
-that a later run could mistake for a finished image.
+Output URLs are pre-signed or public CDN links on other hosts, of undocumented lifetime, so they
+are fetched at once by a client that never carries the API token, follows a few redirects to any
+host, and gives each file a total deadline (a trickling body cannot hold a cell). The bytes decide
+what the file is (PNG, JPEG or WebP), never the Content-Type, which CDNs often leave generic; an
+HTML page, an empty body or a truncated image is refused before anything is written. Writing is
+atomic: a crash never leaves half a file that a later run could mistake for a finished image.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import tempfile
@@ -23,61 +26,108 @@ from zlab.retry import RetryPolicy, backoff_s
 
 MAX_BYTES = 64 * 1024 * 1024  # a 1536×1536 PNG is ~7 MB at worst; 64 MB is clearly not an image we asked for
 MAX_PIXELS = 1536 * 1536 * 4
+MAX_REDIRECTS = 5
+FILE_DEADLINE_S = 180.0  # one file, all its bytes
 _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
+_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=30.0)
 
 
-async def fetch(
-    http: httpx.AsyncClient,
-    url: str,
-    *,
-    retry: RetryPolicy = RetryPolicy(attempts=5),
-    max_bytes: int = MAX_BYTES,
-) -> bytes:
-    """GET `url` with no credentials; retry transient faults; refuse non-http(s) URLs and oversized bodies."""
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise DownloadError(f"refusing to fetch output URL {url!r}: only http(s) URLs are downloaded", url=url)
-    for attempt in range(1, retry.attempts + 1):
-        try:
-            async with http.stream("GET", url, headers={"Accept": "image/*"}) as response:
-                if response.status_code in _RETRYABLE and attempt < retry.attempts:
-                    await asyncio.sleep(backoff_s(retry, attempt, "unavailable"))
-                    continue
-                if response.status_code != 200:
-                    raise DownloadError(
-                        f"output file answered HTTP {response.status_code}: {url}",
-                        url=url,
-                        transient=response.status_code in _RETRYABLE or response.status_code == 404,
-                    )
-                declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise DownloadError(f"output file is {int(declared):,} bytes, over the {max_bytes:,} cap", url=url)
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise DownloadError(f"output file exceeds the {max_bytes:,}-byte cap: {url}", url=url)
-                    chunks.append(chunk)
-                content_type = response.headers.get("Content-Type", "")
-                if content_type and not content_type.startswith(("image/", "application/octet-stream")):
-                    raise DownloadError(f"output file is {content_type!r}, not an image: {url}", url=url)
-                return b"".join(chunks)
-        except (httpx.TransportError, httpx.TimeoutException) as exc:
-            if attempt >= retry.attempts:
-                raise DownloadError(f"could not download {url}: {type(exc).__name__}", url=url, transient=True) from exc
-            await asyncio.sleep(backoff_s(retry, attempt, "lost"))
-    raise DownloadError(f"could not download {url} after {retry.attempts} attempts", url=url, transient=True)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Downloaded:
+    """An output file that is a whole, decodable image: its bytes as served, the decoded image, its kind."""
+
+    url: str
+    data: bytes = dataclasses.field(repr=False)
+    image: Image.Image = dataclasses.field(repr=False)
+    suffix: str  # ".png", ".jpg" or ".webp", from the bytes
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
 
 
-def decode_image(data: bytes, *, expected_size: tuple[int, int] | None = None, url: str | None = None) -> Image.Image:
-    """Decode fully (a truncated file fails here), refusing bombs and images of the wrong size."""
+class Downloader:
+    """Fetches output files: no credentials, redirects followed (a few, to any host), size and time capped."""
+
+    def __init__(
+        self,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy = RetryPolicy(attempts=5),
+        max_bytes: int = MAX_BYTES,
+        deadline_s: float = FILE_DEADLINE_S,
+    ) -> None:
+        self.retry, self.max_bytes, self.deadline_s = retry, max_bytes, deadline_s
+        self.files = 0  # files fetched (for benchmarks)
+        self._http = httpx.AsyncClient(
+            transport=transport, timeout=_TIMEOUT, follow_redirects=True, max_redirects=MAX_REDIRECTS
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def get(self, url: str) -> Downloaded:
+        """Fetch and check one output image; raises DownloadError saying what was wrong."""
+        data = await self.fetch(url)
+        image = decode_image(data, url=url)
+        return Downloaded(url, data, image, image_suffix(data))
+
+    async def fetch(self, url: str) -> bytes:
+        """GET `url` with no credentials; retry passing faults; refuse non-http(s) URLs and oversized bodies."""
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise DownloadError(f"refusing to fetch output URL {url!r}: only http(s) URLs are downloaded", url=url)
+        self.files += 1
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                async with asyncio.timeout(self.deadline_s):
+                    status, data = await self._once(url)
+            except DownloadError:
+                raise
+            except (httpx.TooManyRedirects, httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+                raise DownloadError(f"could not download {url}: {exc}", url=url) from exc
+            except (httpx.TransportError, TimeoutError) as exc:
+                if attempt >= self.retry.attempts:
+                    what = "took longer than the file deadline" if isinstance(exc, TimeoutError) else type(exc).__name__
+                    raise DownloadError(f"could not download {url}: {what}", url=url, transient=True) from exc
+                await asyncio.sleep(backoff_s(self.retry, attempt, "lost"))
+                continue
+            if status == 200:
+                return data
+            if status in _RETRYABLE and attempt < self.retry.attempts:
+                await asyncio.sleep(backoff_s(self.retry, attempt, "unavailable"))
+                continue
+            raise DownloadError(f"output file answered HTTP {status}: {url}", url=url, transient=True)
+        raise DownloadError(f"could not download {url} after {self.retry.attempts} attempts", url=url, transient=True)
+
+    async def _once(self, url: str) -> tuple[int, bytes]:
+        async with self._http.stream("GET", url, headers={"Accept": "image/*"}) as response:
+            if response.status_code != 200:
+                return response.status_code, b""
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                raise DownloadError(f"output file is {int(declared):,} bytes, over the {self.max_bytes:,} cap", url=url)
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise DownloadError(f"output file exceeds the {self.max_bytes:,}-byte cap: {url}", url=url)
+                chunks.append(chunk)
+            return 200, b"".join(chunks)
+
+
+def decode_image(data: bytes, *, url: str | None = None) -> Image.Image:
+    """Decode fully (a truncated file fails here), refusing bombs and anything that is not PNG/JPEG/WebP."""
+    if not data:
+        raise DownloadError("output file is empty (0 bytes)", url=url, transient=True)
+    if image_suffix(data) == ".img":
+        head = data[:64].lstrip().lower()
+        kind = "an HTML page" if head.startswith((b"<!doctype", b"<html", b"<")) else "not a PNG, JPEG or WebP image"
+        raise DownloadError(f"output file is {kind}, not an image", url=url, transient=True)
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
             if width * height > MAX_PIXELS:
                 raise DownloadError(f"output image claims {width}×{height} pixels: refusing to decode it", url=url)
-            if expected_size and (width, height) != expected_size:
-                w, h = expected_size
-                raise DownloadError(f"output image is {width}×{height}, but {w}×{h} was requested", url=url)
             probe.load()
             return probe.copy()
     except DownloadError:
@@ -85,7 +135,7 @@ def decode_image(data: bytes, *, expected_size: tuple[int, int] | None = None, u
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DownloadError(f"output image is a decompression bomb: refusing to decode it ({exc})", url=url) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DownloadError(f"output file is not a valid image ({exc})", url=url) from exc
+        raise DownloadError(f"output file is not a valid image ({exc})", url=url, transient=True) from exc
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -3,11 +3,13 @@
     ZlabError                      everything zlab raises on purpose
     ├── ValidationError            bad input, caught before any network call (.field, .value, .allowed)
     ├── ConfigError                missing token, bad base URL, bad setting
+    │   └── RunDirBusy             another process is writing the run directory (.holder)
     ├── APIError                   the service answered with an error (.status_code, .error_code, .request_id)
     │   ├── AuthError              401/403, error_code 400004 / 403001
     │   ├── NotFoundError          404, error_code 400001 / 404001 (unknown, deleted or expired id)
     │   ├── InsufficientBalance    402, error_code 400002
     │   ├── RateLimitedError       429 (.retry_after)
+    │   ├── NotReady               /result before the job is done, said as an error (400005)
     │   └── ServerError            5xx
     ├── TransportError             the connection failed (refused, dropped, timed out)
     │   └── SubmitUnknownError     a submit may or may not have been accepted: never resent silently
@@ -19,6 +21,7 @@
     └── BudgetExceeded             a sweep's estimate is above its budget; nothing was sent
 
 Messages never contain the API token: it is never passed to an exception in the first place.
+Values quoted in messages are cut short, so no input (a YAML alias bomb, say) makes a huge message.
 """
 
 from __future__ import annotations
@@ -35,12 +38,20 @@ class ValidationError(ZlabError, ValueError):
 
     def __init__(self, field: str, value: Any, allowed: str, hint: str = "") -> None:
         self.field, self.value, self.allowed = field, value, allowed
-        message = f"{field}: {value!r} is not allowed; expected {allowed}"
+        message = f"{field}: {short_repr(value)} is not allowed; expected {allowed}"
         super().__init__(f"{message}. {hint}" if hint else message)
 
 
 class ConfigError(ZlabError):
     """zlab is not set up to do what was asked (token, base URL, settings)."""
+
+
+class RunDirBusy(ConfigError):
+    """Another process is writing this run directory; `holder` says which (pid, host, command, since)."""
+
+    def __init__(self, message: str, *, holder: str = "") -> None:
+        self.holder = holder
+        super().__init__(message)
 
 
 class APIError(ZlabError):
@@ -80,6 +91,10 @@ class RateLimitedError(APIError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         self.retry_after = retry_after
         super().__init__(message, **kw)
+
+
+class NotReady(APIError):
+    """/result was asked before the job finished and the service said so as an error (code 400005)."""
 
 
 class ServerError(APIError):
@@ -141,3 +156,18 @@ class BudgetExceeded(ZlabError):
     def __init__(self, message: str, *, estimate_usd: float, budget_usd: float) -> None:
         self.estimate_usd, self.budget_usd = estimate_usd, budget_usd
         super().__init__(message)
+
+
+def short_repr(value: Any, limit: int = 120) -> str:
+    """A repr bounded in depth, items and length: messages stay small whatever they quote (even a
+    structure of a million shared references, which a plain repr would spell out in full)."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxlist, shortener.maxdict, shortener.maxtuple = 3, 8, 8, 8
+    shortener.maxstring, shortener.maxother = limit, limit
+    try:
+        text = shortener.repr(value)
+    except Exception:  # a value whose repr fails must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

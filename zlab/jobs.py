@@ -1,13 +1,24 @@
-"""Job handles, generations, and the one waiting loop that every caller uses (each wait has a deadline)."""
+"""A job's whole life, in one place: submit → follow → collect → download → decode → timings.
+
+This is zlab's one money path. `AsyncClient.generate`, `Job.download` and the sweep runner all go
+through `send` (the only code that POSTs a job) and `finish` (follow it by id, then fetch and check
+its image); the runner only adds its ledger, progress and cache around them.
+
+- `send` runs the POST and the caller's record of the request id as one shielded task: an
+  interrupt cannot fall between "the service accepted it" and "zlab wrote that down".
+- `wait` follows a job by id until it ends, with a deadline; a 404 on a fresh job is waited out
+  for a grace period (a service may be eventually consistent), never taken as "gone" at once.
+- `collect` downloads the first output, proves it is an image, and keeps it even when the service
+  rendered another size (the note says so): a paid image is never thrown away.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,18 +27,22 @@ from PIL import Image
 
 from zlab import errors
 from zlab.api import API
-from zlab.follow import follow
-from zlab.polling import Track
-from zlab.protocol import Outcome, Status
+from zlab.download import Downloader
+from zlab.follow import Signal, follow
+from zlab.polling import Pacer, Track
+from zlab.protocol import CancelOutcome, Outcome, Status
 from zlab.request import Request
 
 if TYPE_CHECKING:
     from zlab.client import AsyncClient
 
+NOT_FOUND_GRACE_S = 60.0  # a fresh job's id may 404 for a while on an eventually consistent service
+NOT_FOUND_RETRY_S = 1.0
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Generation:
-    """One finished image: the picture, what asked for it, and how long it took."""
+    """One finished image: the picture, what asked for it, how long it took and what it cost."""
 
     request: Request | dict[str, Any]
     request_id: str
@@ -38,6 +53,14 @@ class Generation:
     finished_at: datetime | None = None
     queue_s: float | None = None
     run_s: float | None = None
+    cost_usd: float | None = None  # the service's own figure, when it gave one
+    suffix: str = ".png"  # the file type, from the bytes: ".png", ".jpg" or ".webp"
+    note: str | None = None  # e.g. the service rendered another size than was asked
+    backend: dict[str, Any] | None = None  # a local server's facts about the render (model, versions, device)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
 
     def save(self, path: str | Path) -> Path:
         """Write the image bytes exactly as downloaded (no re-encoding)."""
@@ -54,6 +77,141 @@ class Generation:
 
     def __repr__(self) -> str:
         return f"<Generation {self.request_id} {self.image.width}x{self.image.height}>"
+
+
+async def send(
+    api: API,
+    model: str,
+    payload: dict[str, Any],
+    *,
+    on_send: Callable[[], None] | None = None,
+    on_accepted: Callable[[str], None] | None = None,
+    inflight: set[asyncio.Task[Any]] | None = None,
+) -> str:
+    """POST one job and record its id, shielded as one step; returns the request id.
+
+    `on_send` runs right before the body leaves (the moment it may be billed), `on_accepted` with the
+    id as soon as it is known. `inflight` collects the shielded task so a caller that is interrupted
+    can wait for the record to be written. Raises `SubmitUnknownError` when the job may exist but its
+    id is unknown; it is never resent here.
+    """
+
+    async def post_and_record() -> str:
+        submitted = await api.submit(model, payload, on_send=on_send)
+        if on_accepted is not None:
+            on_accepted(submitted.request_id)
+        return submitted.request_id
+
+    task = asyncio.ensure_future(post_and_record())
+    if inflight is not None:
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+    return await asyncio.shield(task)
+
+
+async def wait(
+    api: API,
+    request_id: str,
+    track: Track,
+    pacer: Pacer,
+    *,
+    deadline: float,
+    signal: Signal | None = None,
+    grace_until: float | None = None,
+) -> Outcome:
+    """Follow a job until it ends; its /result Outcome (succeeded, failed or cancelled).
+
+    Raises WaitTimeout at `deadline` (monotonic). Until the service has once answered for the job, a
+    404 before `grace_until` (monotonic; default: a minute after the submit) means "not visible yet"
+    and is asked again; after that, a 404 means the id expired or vanished.
+    """
+    grace = grace_until if grace_until is not None else track.submitted + NOT_FOUND_GRACE_S
+    watched = _Seen(api)
+    while True:
+        try:
+            return await follow(watched, request_id, track, pacer, deadline=deadline, signal=signal)  # type: ignore[arg-type]
+        except errors.NotFoundError:
+            now = time.monotonic()
+            if watched.seen or now >= grace or now + NOT_FOUND_RETRY_S >= deadline:
+                raise
+            await asyncio.sleep(NOT_FOUND_RETRY_S)
+
+
+class _Seen:
+    """The API's read calls, noting whether the service ever answered for the job (then a 404 is real)."""
+
+    def __init__(self, api: API) -> None:
+        self.api, self.seen = api, False
+
+    async def status(self, request_id: str) -> Status:
+        answer = await self.api.status(request_id)
+        self.seen = True
+        return answer
+
+    async def result(self, request_id: str) -> Outcome:
+        answer = await self.api.result(request_id)
+        self.seen = True
+        return answer
+
+
+async def collect(downloads: Downloader, request: Request | dict[str, Any], request_id: str, outcome: Outcome,
+                  track: Track | None = None) -> Generation:  # fmt: skip
+    """Download and check the first output of a succeeded job; a different size is kept, with a note."""
+    got = await downloads.get(outcome.outputs[0])
+    note = None
+    if isinstance(request, Request) and got.size != (request.width, request.height):
+        width, height = got.size
+        note = (
+            f"the service rendered {width}×{height} for a {request.width}×{request.height} request "
+            "(it snaps sizes); the image is kept as rendered"
+        )
+    queue_s, run_s = timings(outcome, track)
+    return Generation(
+        request,
+        request_id,
+        got.url,
+        got.data,
+        got.image,
+        outcome.created_at,
+        outcome.finished_at,
+        queue_s,
+        run_s,
+        outcome.cost_usd,
+        got.suffix,
+        note,
+        outcome.backend,
+    )
+
+
+def timings(outcome: Outcome, track: Track | None) -> tuple[float | None, float | None]:
+    """Seconds queued and running: queue time as the caller saw it, run time from the server's span."""
+    span = None
+    if outcome.created_at and outcome.finished_at:
+        span = max(0.0, (outcome.finished_at - outcome.created_at).total_seconds())
+    if track is None:
+        return None, span
+    queue_s = max(0.0, track.started - track.submitted) if track.started is not None else 0.0
+    return queue_s, None if span is None else max(0.0, span - queue_s)
+
+
+def failure_of(request_id: str, outcome: Outcome) -> errors.ZlabError | None:
+    """The exception a finished-but-not-succeeded outcome stands for (None for a success)."""
+    if outcome.phase == "failed":
+        return errors.JobFailed(
+            f"request {request_id} failed on the server: {outcome.error}", request_id=request_id, detail=outcome.error
+        )
+    if outcome.phase == "cancelled":
+        return errors.JobCancelled(f"request {request_id} was cancelled", request_id=request_id)
+    return None
+
+
+async def cancel(api: API, request_id: str) -> CancelOutcome:
+    """Cancel if still queued (free); when the answer does not say (an empty 202), /status decides."""
+    outcome = await api.cancel(request_id)
+    if outcome != "unknown":
+        return outcome
+    status = await api.status(request_id)
+    return "cancelled" if status.phase == "cancelled" else "not_cancellable" if status.terminal else "unknown"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,23 +232,22 @@ class Job:
         """The /result answer now: outputs if finished, else the current phase."""
         return await self._client.api.result(self.request_id)
 
-    async def cancel(self) -> str:
-        """Cancel if still queued; returns `cancelled` or `not_cancellable`. Twice is harmless."""
-        return await self._client.api.cancel(self.request_id)
+    async def cancel(self) -> CancelOutcome:
+        """Cancel if still queued; returns `cancelled`, `not_cancellable` or `unknown`. Twice is harmless."""
+        return await cancel(self._client.api, self.request_id)
 
     async def wait(self, timeout: float = 600.0) -> Outcome:
         """Wait until the job ends (adaptive polling); raise JobFailed / JobCancelled / WaitTimeout."""
+        client = self._client
         deadline = time.monotonic() + timeout
-        outcome = await follow(self._client.api, self.request_id, self._track, self._client.pacer, deadline=deadline)
-        if outcome.phase == "failed":
-            raise errors.JobFailed(
-                f"request {self.request_id} failed: {outcome.error!r}", request_id=self.request_id, detail=outcome.error
-            )
-        if outcome.phase == "cancelled":
-            raise errors.JobCancelled(f"request {self.request_id} was cancelled", request_id=self.request_id)
+        outcome = await wait(client.api, self.request_id, self._track, client.pacer, deadline=deadline,
+                             signal=client.signal)  # fmt: skip
+        failure = failure_of(self.request_id, outcome)
+        if failure is not None:
+            raise failure
         return outcome
 
     async def download(self, timeout: float = 600.0) -> Generation:
         """Wait, then download and check the first output image."""
         outcome = await self.wait(timeout)
-        return await self._client.collect(self, outcome)
+        return await collect(self._client.downloads, self.request or {}, self.request_id, outcome, self._track)

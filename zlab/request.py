@@ -27,6 +27,7 @@ DEFAULT_LORA_PATH = "renderartist/Technically-Color-Z-Image-Turbo"
 MAX_LORAS = 3
 SCALE_RANGE = (0.0, 4.0)
 SIZE_RANGE = (256, 1536)
+SIZE_STEP = 16  # Z-Image works on 16-pixel patches: other sizes are snapped (or refused) by the service
 SEED_RANGE = (-1, 2_147_483_647)
 FIELDS = ("prompt", "loras", "width", "height", "seed")
 _SCALE_DIGITS = 6  # 0.1 + 0.2 and 0.3 are the same scale, and so the same request key
@@ -38,6 +39,19 @@ def check_int(field: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= int(value) <= hi:
         raise ValidationError(field, value, f"an integer from {lo} to {hi}")
     return int(value)
+
+
+def check_size(field: str, value: Any) -> int:
+    """A width or height: an integer in range and a multiple of 16; the error names the nearest valid sizes."""
+    lo, hi = SIZE_RANGE
+    size = check_int(field, value, lo, hi)
+    if size % SIZE_STEP:
+        below, above = size - size % SIZE_STEP, size - size % SIZE_STEP + SIZE_STEP
+        nearest = " or ".join(str(n) for n in (below, above) if lo <= n <= hi)
+        raise ValidationError(
+            field, value, f"a multiple of {SIZE_STEP} from {lo} to {hi}", f"The nearest valid values are {nearest}."
+        )
+    return size
 
 
 def check_scale(field: str, value: Any) -> float:
@@ -121,9 +135,8 @@ class Request:
         if len(loras) > MAX_LORAS:
             raise ValidationError("loras", f"{len(loras)} LoRAs", f"at most {MAX_LORAS} LoRAs")
         object.__setattr__(self, "loras", loras)
-        lo, hi = SIZE_RANGE
-        object.__setattr__(self, "width", check_int("width", self.width, lo, hi))
-        object.__setattr__(self, "height", check_int("height", self.height, lo, hi))
+        object.__setattr__(self, "width", check_size("width", self.width))
+        object.__setattr__(self, "height", check_size("height", self.height))
         object.__setattr__(self, "seed", check_int("seed", self.seed, *SEED_RANGE))
 
     @classmethod
@@ -168,6 +181,11 @@ class Request:
         prompt = self.prompt if len(self.prompt) <= 40 else self.prompt[:39] + "…"
         loras = ", ".join(f"{lora.path}@{lora.scale:g}" for lora in self.loras) or "no LoRA"
         return f"<Request {prompt!r} {self.width}x{self.height} seed={self.seed} [{loras}]>"
+
+
+def is_local_path(path: str) -> bool:
+    """A LoRA path that names a file on this machine (which only the local diffusers backend can read)."""
+    return path.startswith(("/", "./", "../", "~", "\\\\")) or (len(path) > 2 and path[1] == ":" and path[2] in "\\/")
 
 
 def canonical_json(model: str, payload: Mapping[str, Any]) -> str:

@@ -1,9 +1,11 @@
 """When to retry a call, and how long to wait first: pure decisions, no I/O.
 
-The one rule that protects people's money: a submit is retried only when the service cannot have
-accepted it (it answered 429/500/503, or the connection was never made). A submit whose answer was
-lost after the body was sent may have created a billed job; it is reported, never silently resent.
-Reads (status, result, cancel, downloads) are safe to repeat and retry on any passing fault.
+The one rule that protects people's money: a submit is resent on its own only when the service
+cannot have created the job: it answered 429, or the connection was never made. Anything else after
+the body left (a 5xx, a gateway's 502/504, a timeout, a dropped connection, a body that cannot be
+parsed) is an *unknown outcome*: the job may exist and be billed, so it is recorded, never resent
+without the user asking. Reads (status, result, cancel, downloads) are safe to repeat on any passing
+fault. Every wait is bounded: a Retry-After longer than `max_retry_after_s` fails the call instead.
 """
 
 from __future__ import annotations
@@ -13,16 +15,16 @@ import random
 from typing import Literal
 
 Fault = Literal[
-    "rate_limited",  # 429
-    "server_error",  # 500: the service answered; it did not create a job
-    "unavailable",  # 503
+    "rate_limited",  # 429: refused before any work
+    "server_error",  # 500 (or a 5xxxxx error code): for a submit, the job may exist
+    "unavailable",  # 503, e.g. a load balancer's HTML page
     "gateway",  # 502/504: a proxy answered; behind it the job may exist
     "connect",  # the connection was never made (refused, connect timeout)
     "lost",  # the request went out and the answer never came (dropped, read timeout)
 ]
 
 # For a submit: faults after which the job certainly does not exist.
-SUBMIT_SAFE: frozenset[Fault] = frozenset({"rate_limited", "server_error", "unavailable", "connect"})
+SUBMIT_SAFE: frozenset[Fault] = frozenset({"rate_limited", "connect"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,6 +36,8 @@ class RetryPolicy:
     cap_s: float = 20.0
     deadline_s: float = 180.0
     rate_limit_default_s: float = 2.0  # a 429 without Retry-After: start here, then back off
+    max_retry_after_s: float = 120.0  # a longer Retry-After fails the call (with the wait asked for)
+    call_s: float = 120.0  # one HTTP exchange, body included: a trickling answer cannot hold a call longer
 
 
 def should_retry(fault: Fault, *, is_submit: bool) -> bool:

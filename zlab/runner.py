@@ -1,34 +1,39 @@
-"""Runs a sweep: concurrent jobs, adaptive polling, progress, resume, and a clean stop on Ctrl-C.
+"""Runs a sweep: the ledger, the concurrency, progress, resume and a clean stop around the one money path.
 
-Every cell goes through the ledger (`zlab.store`): recorded before its submit is sent, its request id
-recorded the moment it is known (the submit-and-record step is shielded from cancellation, so Ctrl-C
-cannot split them), its image written atomically before it counts as done. On Ctrl-C the jobs still
-queued at the server are cancelled (nothing billed) and running ones stay recorded, so a rerun
-collects them. A failed cell never stops the sweep; its error is recorded and a rerun sends it again.
+Each cell's job goes through `zlab.jobs` (`send`, `wait`, `collect`), exactly as `Client.generate`'s
+does; what to do with each cell, and where it goes after each event, is decided by the pure
+`zlab.runplan`. This module adds the run directory (one writer at a time, its ledger written before
+each POST leaves), the shared cache, progress, the summary, and the stop on Ctrl-C: jobs still queued
+at the server are cancelled (nothing billed) and running ones stay recorded, so a rerun collects them.
+No cell's trouble stops the sweep: a failed job, a lost download or a full disk is recorded on that
+cell; only a refused token or an empty balance stops the sending (accepted jobs are still collected).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
+import functools
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
-from zlab import errors
-from zlab.download import decode_image, fetch, image_suffix
-from zlab.follow import Signal, follow
+from zlab import errors, jobs, runplan
 from zlab.polling import Track
-from zlab.protocol import Outcome
+from zlab.pricing import final_cost
+from zlab.request import Request
+from zlab.runplan import Action, CellView, Next, Stop
 from zlab.sheet.thumbs import prime
-from zlab.store import OPEN_STATES, Cache, RunDir, now_iso, results_frame
+from zlab.store import Cache, RunDir, now_iso, results_frame
 from zlab.sweep import SECONDS_PER_IMAGE, Cell, Estimate, Sweep
 
 if TYPE_CHECKING:
@@ -36,6 +41,11 @@ if TYPE_CHECKING:
 
 CANCEL_DEADLINE_S = 8.0
 THUMB_WIDTH = 256  # contact_sheet's default cell width
+EXIT_CODES = {"token": 3, "balance": 4}
+_STOP_WORDS = {
+    "token": "the token was refused",
+    "balance": "the account's balance ran out",
+}
 
 
 @dataclasses.dataclass
@@ -49,25 +59,51 @@ class RunResult:
     estimate: Estimate
     calls: dict[str, int]
     interrupted: bool = False
+    stopped: Stop | None = None  # why sending stopped early, if it did
+    reasons: str = ""  # failures grouped by reason, e.g. "2 failed: token refused (403) ×2"
+    notes: tuple[str, ...] = ()  # jobs held at another API, orphans collected, …
 
     @property
     def ok(self) -> bool:
         return not self.interrupted and self.counts.get("succeeded", 0) == len(self.df)
 
+    @property
+    def exit_code(self) -> int:
+        """The command's exit code: 0 all done, 1 some cells not, 3 token refused, 4 no balance, 130 interrupted."""
+        if self.interrupted:
+            return 130
+        if self.stopped:
+            return EXIT_CODES[self.stopped]
+        return 0 if self.ok else 1
+
     def summary(self) -> str:
         tallies = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
         calls = sum(self.calls.values())
         stop = " (interrupted: rerun to resume)" if self.interrupted else ""
-        line = (
+        lines = [
             f"zlab: {len(self.df)} cells: {tallies} in {self.elapsed_s:.1f} s, {calls} API calls, "
             f"≈${self.estimate.cost_usd:.2f} estimated; results in {self.out}{stop}"
-        )
+        ]
+        if self.reasons:
+            lines.append(f"zlab: {self.reasons}")
+        if self.stopped:
+            unsent = self.counts.get("planned", 0)
+            lines.append(
+                f"zlab: stopped sending: {_STOP_WORDS[self.stopped]}; {unsent} cell(s) not sent (nothing paid for "
+                "them), accepted jobs were still collected. Fix it, then run the same command again"
+            )
         if unknown := self.counts.get("unknown"):
-            line += (
-                f"\nzlab: {unknown} cell(s) have an unknown submit outcome (they may have been billed): "
+            lines.append(
+                f"zlab: {unknown} cell(s) have an unknown submit outcome (they may have been billed): "
                 "rerun with --retry-unknown (retry_unknown=True) to send them again"
             )
-        return line
+        if lost := self.counts.get("lost"):
+            lines.append(
+                f"zlab: {lost} paid job(s) whose image could not be collected are marked lost: "
+                "rerun with --resend-lost (resend_lost=True) to pay for new ones"
+            )
+        lines.extend(f"zlab: {note}" for note in self.notes)
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"<RunResult {self.summary()}>"
@@ -105,6 +141,12 @@ class _Progress:
             self.bar.close()
 
 
+def _say(line: str) -> None:
+    from zlab.client import in_notebook
+
+    print(line, file=sys.stdout if in_notebook() else sys.stderr, flush=True)
+
+
 async def run_sweep(
     client: AsyncClient,
     sweep: Sweep,
@@ -115,72 +157,73 @@ async def run_sweep(
     dry_run: bool = False,
     progress: bool = True,
     retry_unknown: bool = False,
+    resend_lost: bool = False,
     cache: bool | str | Path = True,
     cell_timeout: float = 1800.0,
     sheet: bool = True,
     echo: Callable[[str], None] | None = None,
+    wait: float = 0.0,
+    on_interrupt: Literal["raise", "return"] = "raise",
 ) -> RunResult:
-    """Run (or resume) `sweep` into the run directory `out`. See the module docstring for guarantees."""
-    say = echo or (lambda line: print(line, file=sys.stderr))
+    """Run (or resume) `sweep` into the run directory `out`. See the module docstring for guarantees.
+
+    `cell_timeout` counts from each cell's submit (a job still queued then is cancelled); `wait` is how
+    long to wait for another run that holds the directory; `on_interrupt="return"` ends an interrupted
+    run with its result (`interrupted=True`) instead of re-raising the cancellation.
+    """
+    say = echo or _say
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 256:
         raise errors.ValidationError("concurrency", concurrency, "an integer from 1 to 256")
+    if not isinstance(cell_timeout, int | float) or not (0 < cell_timeout < math.inf):
+        raise errors.ValidationError("cell_timeout", cell_timeout, "a number of seconds > 0")
+    runplan.check_budget(0.0, budget, 0)  # a budget that is no number fails here, before anything
     started = time.monotonic()
-    price = client.settings.price_per_mp
-    seconds = client.pacer.run_s or SECONDS_PER_IMAGE
+    pricing = await client.pricing()
+    seconds = getattr(client.pacer, "run_s", None) or SECONDS_PER_IMAGE
     if dry_run:
-        estimate = sweep.estimate(concurrency, price_per_mp=price, seconds_per_image=seconds)
-        say(f"zlab: plan: {estimate} (dry run: nothing sent)")
-        plan = sweep.plan(concurrency, price_per_mp=price).assign(status="planned")
+        estimate = sweep.estimate(concurrency, pricing=pricing, seconds_per_image=seconds)
+        say(f"zlab: plan: {estimate} at {pricing} (dry run: nothing sent)")
+        plan = sweep.plan(concurrency, pricing=pricing).assign(status="planned")
         return RunResult(plan, Path(out), {"planned": len(plan)}, 0.0, estimate, {})
 
-    run = RunDir(out)
+    run = RunDir(out, wait_s=wait)
     try:
-        sweep = _reuse_seed_draws(run, sweep)
+        sweep = _seeded(run, sweep)
         cells = sweep.cells()
         ledger = run.ledger
-        ledger.add((c.key, c.index, c.row(), c.request.megapixels * price) for c in cells)
+        ledger.add((c.key, c.index, c.row(), pricing.cost(c.request)) for c in cells)
         if recovered := ledger.recover():
             say(f"zlab: {recovered} cell(s) were being submitted when the last run stopped; their outcome is unknown")
-        run.write_spec(sweep.to_dict())
+        with contextlib.suppress(OSError):  # for people only; resume does not need it
+            run.write_spec(sweep.to_dict())
         rows = {row["key"]: row for row in ledger.rows()}
-        if retry_unknown:
-            for key in [k for k, r in rows.items() if r["status"] == "unknown"]:
-                ledger.update(key, status="planned")
-                rows[key]["status"] = "planned"
-        todo = [c for c in cells if not _finished(run, rows[c.key])]
-        shared = _open_cache(client, cache)
-        unsent = [c for c in todo if rows[c.key]["status"] in OPEN_STATES]
-        to_pay = [c for c in unsent if shared is None or shared.lookup(c.key) is None]
-        estimate = sweep.estimate(concurrency, price_per_mp=price, seconds_per_image=seconds, cells=to_pay)
-        say(
-            f"zlab: plan: {len(cells)} cells, {len(cells) - len(todo)} already done, "
-            f"{len(unsent) - len(to_pay)} from the cache, {len(todo) - len(unsent)} to collect, to send: {estimate}"
-        )
-        if budget is not None and estimate.cost_usd > budget:
-            raise errors.BudgetExceeded(
-                f"the sweep is estimated at ${estimate.cost_usd:.2f} for {len(to_pay)} new images, over the "
-                f"budget of ${budget:.2f}: shrink the sweep or raise --budget",
-                estimate_usd=estimate.cost_usd,
-                budget_usd=budget,
+        shared = _open_cache(client, cache, say)
+        actions = {
+            c.key: runplan.decide(
+                _view(run, rows[c.key], shared), identity=client.identity, retry_unknown=retry_unknown,
+                resend_lost=resend_lost,
             )
-        calls_before = collections.Counter(client.api.calls)
-        state = _RunState(
-            client,
-            run,
-            sweep,
-            concurrency,
-            cell_timeout,
-            shared,
-            _Progress(len(cells), len(cells) - len(todo), progress),
+            for c in cells
+        }  # fmt: skip
+        keys = {c.key for c in cells}
+        orphans = [_orphan(row) for row in rows.values() if row["key"] not in keys and row["status"] == "accepted"]
+        collectable = [c for c in orphans if c is not None and rows[c.key]["origin"] == client.identity]
+        to_send = [c for c in cells if actions[c.key] == "send"]
+        estimate = sweep.estimate(concurrency, pricing=pricing, seconds_per_image=seconds, cells=to_send)
+        runplan.check_budget(estimate.cost_usd, budget, len(to_send))
+        tally = collections.Counter(actions.values())
+        say(
+            f"zlab: plan: {len(cells)} cells, {tally['done']} already done, {tally['reuse']} found in the run "
+            f"directory, {tally['cache']} from the cache, {tally['collect']} to collect"
+            + (f", {tally['hold'] + tally['elsewhere']} held" if tally["hold"] + tally["elsewhere"] else "")
+            + f", to send: {estimate} at {pricing}"
         )
-        waiting = {c.key for c in todo}
-        for cell in cells:
-            status = rows[cell.key]["status"]
-            shown = ("running" if status == "accepted" else "queued") if cell.key in waiting else status
-            state.progress.counts[shown] += 1
+        calls_before = collections.Counter(client.api.calls)
+        state = _RunState(client, run, sweep, concurrency, cell_timeout, shared)
+        state.progress = _Progress(len(cells), tally["done"], progress)
         interrupted = False
         try:
-            await state.run_all(todo, rows)
+            await state.run_all([(c, actions[c.key]) for c in cells] + [(c, "collect") for c in collectable])
         except (asyncio.CancelledError, KeyboardInterrupt):
             interrupted = True
             task = asyncio.current_task()
@@ -189,46 +232,99 @@ async def run_sweep(
             await state.stop(say)
         finally:
             state.progress.close()
-        keys = {c.key for c in cells}  # this sweep's cells only, even if the directory saw others before
-        df = results_frame([r for r in ledger.rows() if r["key"] in keys], extra_columns=list(sweep.axes))
+        final = [r for r in ledger.rows() if r["key"] in keys]  # this sweep's cells only
+        df = results_frame(final, extra_columns=list(sweep.axes))
         df.attrs["run_dir"] = str(run.root)
-        run.write_results(df)
+        try:
+            run.write_results(df)
+        except OSError as exc:
+            say(f"zlab: could not write {run.results}: {exc}; the ledger keeps every result, rerun to write it")
         counts = dict(collections.Counter(df["status"]))
         calls = dict(collections.Counter(client.api.calls) - calls_before)
-        result = RunResult(df, run.root, counts, time.monotonic() - started, estimate, calls, interrupted)
+        notes = _notes(rows, keys, client.identity, collectable, actions)
+        reasons = runplan.tally_reasons((r["status"], r["reason"]) for r in final)
+        result = RunResult(
+            df, run.root, counts, time.monotonic() - started, estimate, calls, interrupted, state.stopped, reasons,
+            tuple(notes),
+        )  # fmt: skip
         say(result.summary())
-        if interrupted:  # end cancelled, as asyncio expects; asyncio.run turns it into KeyboardInterrupt
+        if interrupted and on_interrupt == "raise":  # end cancelled, as asyncio expects
             raise asyncio.CancelledError
-        if sheet and sweep.sheet and counts.get("succeeded"):
+        if sheet and sweep.sheet and counts.get("succeeded") and not interrupted:
             _draw_sheet(run, df, sweep.sheet, say)
         return result
     finally:
         run.close()
 
 
-def _reuse_seed_draws(run: RunDir, sweep: Sweep) -> Sweep:
-    stored = run.read_spec()
-    if (
-        stored
-        and stored.get("fingerprint") == sweep.fingerprint
-        and len(stored.get("seed_draws", [])) == len(sweep.seed_draws)
-    ):
-        return sweep.with_seed_draws(stored["seed_draws"])
-    return sweep
+def _seeded(run: RunDir, sweep: Sweep) -> Sweep:
+    """Seeds drawn for `-1` belong to the directory's slots and are drawn once, forever: editing the sweep
+    (or running another one here and coming back) never redraws a seed a cell already used."""
+    stored = run.ledger.seeds()
+    if not stored:  # a directory from zlab 0.1 kept its draws in sweep.json only
+        spec = run.read_spec() or {}
+        if spec.get("fingerprint") == sweep.fingerprint:
+            stored = [int(s) for s in spec.get("seed_draws", [])]
+    needed = len(sweep.seed_draws)
+    draws = [*stored[:needed], *sweep.seed_draws[len(stored) : needed]]
+    run.ledger.keep_seeds(draws)
+    return sweep.with_seed_draws(draws) if draws != list(sweep.seed_draws) else sweep
 
 
-def _finished(run: RunDir, row: dict[str, Any]) -> bool:
-    if row["status"] != "succeeded":
-        return row["status"] == "unknown"  # not resent unless asked (it may have been paid for)
-    return bool(row["image_path"]) and (run.root / row["image_path"]).is_file()
+def _view(run: RunDir, row: dict[str, Any], cache: Cache | None) -> CellView:
+    state = row["status"]
+    path = row["image_path"]
+    has_image = bool(path) and (run.root / path).is_file() if state == "succeeded" else False
+    if not has_image:
+        has_image = run.existing_image(row["key"]) is not None
+    cached = cache is not None and state != "succeeded" and cache.lookup(row["key"]) is not None
+    return CellView(state, has_image, cached, row.get("origin") or row.get("base_url"))
 
 
-def _open_cache(client: AsyncClient, cache: bool | str | Path) -> Cache | None:
+def _orphan(row: dict[str, Any]) -> Cell | None:
+    """A cell of an earlier sweep in this directory whose job was accepted: still collected, never dropped."""
+    params = json.loads(row["params"])
+    loras = [
+        (params[f"lora{i}_path"], params[f"lora{i}_scale"]) for i in (1, 2, 3) if params.get(f"lora{i}_path")
+    ]
+    try:
+        request = Request(params["prompt"], loras, params["width"], params["height"], params["seed"])
+    except (errors.ValidationError, KeyError, TypeError):
+        return None
+    return Cell(row["idx"] or 0, request, {}) if request.key == row["key"] else None
+
+
+def _notes(
+    rows: dict[str, dict[str, Any]], keys: set[str], identity: str, orphans: list[Cell], actions: dict[str, Action]
+) -> list[str]:
+    notes = []
+    elsewhere = collections.Counter(
+        rows[k].get("origin") or rows[k].get("base_url") for k, action in actions.items() if action == "elsewhere"
+    )
+    for origin, n in elsewhere.items():
+        notes.append(
+            f"{n} accepted job(s) belong to the API at {origin}, not {identity}: set ZLAB_BASE_URL={origin} "
+            "(with its token) and run the same command again to collect them; they were not resent"
+        )
+    if orphans:
+        notes.append(f"collected {len(orphans)} accepted job(s) of cells no longer in this sweep (kept in the ledger)")
+    others = [
+        r for k, r in rows.items() if k not in keys and r["status"] == "accepted" and r["origin"] != runplan.BUILTIN
+    ]
+    if len(others) > len(orphans):
+        notes.append(
+            f"{len(others) - len(orphans)} accepted job(s) of cells no longer in this sweep belong to another API; "
+            "they stay in the ledger"
+        )
+    return notes
+
+
+def _open_cache(client: AsyncClient, cache: bool | str | Path, say: Callable[[str], None]) -> Cache | None:
     if cache is False:
         return None
     root = default_cache_dir() if cache is True else Path(cache)
     # The auto-started local server's port changes every time; its synthetic images do not.
-    identity = "zlab-local-synthetic" if client._server is not None else client.base_url
+    identity = "zlab-local-synthetic" if client.builtin else client.base_url
     return Cache(root, f"{identity}|{client.model}")
 
 
@@ -238,7 +334,7 @@ def _draw_sheet(run: RunDir, df: pd.DataFrame, spec: dict[str, Any], say: Callab
 
         paths = contact_sheet(df, root=run.root, **spec).save(run.root / "sheet.png")
         say(f"zlab: contact sheet: {', '.join(str(p) for p in paths)}")
-    except (errors.ZlabError, TypeError) as exc:
+    except (errors.ZlabError, TypeError, OSError) as exc:
         say(f"zlab: no contact sheet drawn: {exc}")
 
 
@@ -246,46 +342,149 @@ class _RunState:
     """The moving parts of one run (kept together so each step stays short)."""
 
     def __init__(
-        self,
-        client: AsyncClient,
-        run: RunDir,
-        sweep: Sweep,
-        concurrency: int,
-        cell_timeout: float,
-        cache: Cache | None,
-        progress: _Progress,
+        self, client: AsyncClient, run: RunDir, sweep: Sweep, concurrency: int, cell_timeout: float, cache: Cache | None
     ) -> None:
         self.client, self.api, self.run, self.sweep = client, client.api, run, sweep
         self.ledger = run.ledger
         self.slots = asyncio.Semaphore(concurrency)
-        self.cell_timeout, self.cache, self.progress = cell_timeout, cache, progress
-        self.signal = Signal()
+        self.cell_timeout, self.cache = cell_timeout, cache
+        self.progress = _Progress(0, 0, False)
         self.tracks: dict[str, Track] = {}
-        self.submits: set[asyncio.Task[Any]] = set()
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self.stopped: Stop | None = None
+        self.shown: dict[str, str] = {}
+        self.sweep_json = json.dumps(sweep.to_dict(), default=str)
 
-    def running_starts(self) -> list[float]:
-        return [t.started for t in self.tracks.values() if t.phase == "running" and t.started is not None]
+    def _show(self, key: str, state: str, finished: bool = False) -> None:
+        """Move one cell's place on the progress bar (each cell is counted in exactly one state)."""
+        self.progress.move(self.shown.get(key), state, finished)
+        self.shown[key] = state
 
-    async def run_all(self, todo: list[Cell], rows: dict[str, dict[str, Any]]) -> None:
+    async def run_all(self, work: list[tuple[Cell, Action]]) -> None:
         # Cells already accepted go first: they are running at the server and only need collecting.
-        todo = sorted(todo, key=lambda c: rows[c.key]["status"] != "accepted")
+        work = sorted(work, key=lambda item: item[1] != "collect")
+        for cell, action in work:
+            if action not in ("done", "hold", "elsewhere"):
+                self._show(cell.key, "waiting")
         async with asyncio.TaskGroup() as group:
-            for cell in todo:
-                group.create_task(self.cell(cell, rows[cell.key]))
+            for cell, action in work:
+                if action not in ("done", "hold", "elsewhere"):
+                    group.create_task(self.cell(cell, action))
 
-    async def cell(self, cell: Cell, row: dict[str, Any]) -> None:
-        key, status = cell.key, row["status"]
-        if status in OPEN_STATES and self._from_cache(cell):
-            return
-        async with self.slots:
-            request_id = row["request_id"] if status in ("accepted", "succeeded") else None
-            if request_id is None:
-                request_id = await self._submit(cell)
-                if request_id is None:
+    async def cell(self, cell: Cell, action: Action) -> None:
+        try:
+            if action == "reuse":
+                self._reuse(cell)
+            elif action == "cache" and self._from_cache(cell):
+                return
+            elif action == "collect":
+                row = self.ledger.get(cell.key) or {}
+                async with self.slots:
+                    await self._follow(cell, row["request_id"], Track(time.monotonic()), grace_until=_grace(row))
+            elif action in ("send", "cache"):
+                await self._send(cell)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a local failure (disk full, cache, ledger): recorded on the cell, sweep goes on
+            self._local_error(cell.key, exc)
+
+    async def _send(self, cell: Cell) -> None:
+        """Send (and, if found cancelled at the server, send once more), then follow and collect."""
+        key, resends = cell.key, 0
+        while not self.stopped:
+            async with self.slots:
+                if self.stopped:
                     return
-            outcome = await self._follow(key, request_id, fresh=status != "accepted")
-        if outcome is not None:
-            await self._finish(cell, request_id, outcome)
+                track = Track(time.monotonic())
+                identity, base_url = self.client.identity, self.api.base_url
+
+                def accepted(request_id: str, key: str = key, track: Track = track) -> None:
+                    track.submitted = time.monotonic()
+                    self.tracks[key] = track
+                    self.ledger.update(key, status="accepted", request_id=request_id)
+
+                try:
+                    request_id = await jobs.send(
+                        self.api, self.client.model, cell.request.to_input(),
+                        on_send=functools.partial(self.ledger.mark_submitting, key, base_url, identity),
+                        on_accepted=accepted, inflight=self.inflight,
+                    )  # fmt: skip
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._apply(key, runplan.after_submit_error(exc))
+                    return
+                again = await self._follow(cell, request_id, track, resends=resends)
+            if not again:
+                return
+            resends += 1
+
+    async def _follow(
+        self, cell: Cell, request_id: str, track: Track, *, resends: int = 0, grace_until: float | None = None
+    ) -> bool:
+        """Follow a paid job to its image; True when it was found cancelled and should be sent again.
+
+        The deadline counts from the submit (a job resumed from an earlier run: from now)."""
+        key = cell.key
+        self.tracks[key] = track
+        self._show(key, "queued")
+        deadline = track.submitted + self.cell_timeout
+        try:
+            outcome = await jobs.wait(self.api, request_id, track, self.client.pacer, deadline=deadline,
+                                      signal=self.client.signal, grace_until=grace_until)  # fmt: skip
+            if outcome.phase != "succeeded":
+                nxt = runplan.after_outcome(outcome.phase, outcome.error, resends)
+                self._apply(key, nxt, **_times(outcome, track))
+                return nxt.state == "planned"
+            generation = await jobs.collect(self.client.downloads, cell.request, request_id, outcome, track)
+            await self._save(cell, generation)
+        except asyncio.CancelledError:
+            raise
+        except errors.WaitTimeout as exc:
+            cancelled = await self._cancel(request_id) == "cancelled"
+            self._apply(key, runplan.after_collect_error(exc, 0, timed_out_cancelled=cancelled))
+        except Exception as exc:
+            attempts = (self.ledger.get(key) or {}).get("collect_attempts") or 0
+            self._apply(key, runplan.after_collect_error(exc, attempts))
+        finally:
+            self.tracks.pop(key, None)
+        return False
+
+    async def _save(self, cell: Cell, gen: jobs.Generation) -> None:
+        key = cell.key
+        metadata = {
+            "zlab:request": cell.request.canonical_json(self.client.model),
+            "zlab:sweep": self.sweep_json,
+            "zlab:request_id": gen.request_id,
+        }
+        path = await asyncio.to_thread(self.run.save_image, key, gen.data, gen.suffix, metadata)
+        # The image is decoded already (to check it): cache its thumbnail now, so the first sheet is fast.
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(prime, self.run.root / path, gen.image, THUMB_WIDTH, self.run.root)
+        estimate = (self.ledger.get(key) or {}).get("cost_usd") or 0.0
+        cost, source = final_cost(gen.cost_usd, estimate)
+        width, height = gen.size
+        fields = {
+            "image_path": path, "image_url": gen.url, "cost_usd": cost, "cost_source": source,
+            "image_width": width, "image_height": height, "note": gen.note,
+            "backend": json.dumps(gen.backend) if gen.backend else None,
+            "finished_at": gen.finished_at.isoformat() if gen.finished_at else now_iso(),
+            "queue_s": gen.queue_s, "run_s": gen.run_s,
+        }  # fmt: skip
+        self._apply(key, Next("succeeded"), **fields)
+        if self.cache is not None:
+            row = self.ledger.get(key) or {}
+            info = {k: row.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s",
+                                            "run_s", "base_url", "image_width", "image_height", "note")}  # fmt: skip
+            with contextlib.suppress(OSError):  # a convenience: a full or read-only cache never fails a cell
+                await asyncio.to_thread(self.cache.put, key, self.run.root / path, info)
+
+    def _reuse(self, cell: Cell) -> None:
+        path = self.run.existing_image(cell.key)
+        assert path is not None
+        self._apply(
+            cell.key, Next("succeeded", "found in the run directory"), image_path=str(path.relative_to(self.run.root))
+        )
 
     def _from_cache(self, cell: Cell) -> bool:
         found = self.cache.lookup(cell.key) if self.cache else None
@@ -294,143 +493,79 @@ class _RunState:
         source, info = found
         target = self.run.image_file(cell.key, source.suffix)
         self.cache.copy_to(source, target)
-        self.ledger.update(
-            cell.key,
-            status="succeeded",
-            cached=1,
-            cost_usd=0.0,
-            error=None,
-            image_path=str(target.relative_to(self.run.root)),
-            **{
-                k: info.get(k)
-                for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s", "run_s", "base_url")
-            },
-        )
-        self.progress.move("queued", "succeeded", finished=True)
+        fields = {k: info.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s",
+                                            "run_s", "base_url", "image_width", "image_height", "note")}  # fmt: skip
+        self._apply(cell.key, Next("succeeded"), cached=1, cost_usd=0.0, cost_source="estimate",
+                    image_path=str(target.relative_to(self.run.root)), **fields)  # fmt: skip
         return True
 
-    async def _submit(self, cell: Cell) -> str | None:
-        """Record, send, record: shielded, so an interrupt cannot fall between the answer and the record."""
-        key = cell.key
-        self.ledger.mark_submitting(key, self.api.base_url)
-
-        async def send_and_record() -> str:
-            submitted = await self.api.submit(self.client.model, cell.request.to_input())
-            self.ledger.update(key, status="accepted", request_id=submitted.request_id)
-            return submitted.request_id
-
-        task = asyncio.ensure_future(send_and_record())
-        self.submits.add(task)
-        task.add_done_callback(self.submits.discard)
-        self.tracks[key] = Track(time.monotonic())
-        try:
-            request_id = await asyncio.shield(task)
-        except errors.SubmitUnknownError as exc:
-            self._record(key, "queued", "unknown", str(exc))
-            return None
-        except errors.ZlabError as exc:
-            self._record(key, "queued", "failed", str(exc))
-            return None
-        self.tracks[key].submitted = time.monotonic()
-        return request_id
-
-    async def _follow(self, key: str, request_id: str, fresh: bool) -> Outcome | None:
-        track = self.tracks.setdefault(key, Track(time.monotonic()))
-        if fresh:
-            self.progress.move("queued", "running")
-        try:
-            return await follow(
-                self.api,
-                request_id,
-                track,
-                self.client.pacer,
-                deadline=time.monotonic() + self.cell_timeout,
-                running_starts=self.running_starts,
-                signal=self.signal,
-            )
-        except errors.NotFoundError as exc:  # the id expired or vanished: its result cannot be collected
-            self.tracks.pop(key, None)
-            self._record(key, "running", "failed", f"{exc}; a rerun sends this cell again")
-        except errors.ZlabError as exc:  # still accepted: a rerun polls it again, never resubmits
-            self.tracks.pop(key, None)
-            self.ledger.update(key, error=f"not collected yet: {exc}")
-            self.progress.move("running", "pending", finished=True)
-        return None
-
-    async def _finish(self, cell: Cell, request_id: str, outcome: Outcome) -> None:
-        key = cell.key
-        track = self.tracks.pop(key, None)
-        times: dict[str, Any] = {"finished_at": outcome.finished_at.isoformat() if outcome.finished_at else now_iso()}
-        if track is not None:
-            queue_s = max(0.0, (track.started or track.submitted) - track.submitted)
-            span = (
-                (outcome.finished_at - outcome.created_at).total_seconds()
-                if outcome.created_at and outcome.finished_at
-                else None
-            )
-            times.update(queue_s=queue_s, run_s=None if span is None else max(0.0, span - queue_s))
-        if outcome.phase == "failed":
-            self._record(
-                key, "running", "failed", "the job failed on the server: " + json.dumps(outcome.error), **times
-            )
-            return
-        if outcome.phase == "cancelled":
-            self._record(key, "running", "cancelled", "the job was cancelled", **times)
-            return
-        url = outcome.outputs[0]
-        try:
-            data = await fetch(self.api.http, url, retry=self.api.retry)
-            image = decode_image(data, expected_size=(cell.request.width, cell.request.height), url=url)
-        except errors.DownloadError as exc:
-            final = "failed" if not exc.transient else "accepted"  # transient: a rerun collects it again
-            self._record(key, "running", final, str(exc), image_url=url)
-            return
-        metadata = {
-            "zlab:request": cell.request.canonical_json(self.client.model),
-            "zlab:sweep": json.dumps(self.sweep.to_dict(), default=str),
-            "zlab:request_id": request_id,
-        }
-        path = await asyncio.to_thread(self.run.save_image, key, data, image_suffix(data), metadata)
-        # The image is decoded already (to check it): cache its thumbnail now, so the first sheet is fast.
-        await asyncio.to_thread(prime, self.run.root / path, image, THUMB_WIDTH, self.run.root)
-        self._record(key, "running", "succeeded", None, image_path=path, image_url=url, **times)
-        if self.cache is not None:
+    def _apply(self, key: str, nxt: Next, **fields: Any) -> None:
+        """Record where a cell went; stop sending when the token or the balance says so."""
+        if nxt.count_attempt:
             row = self.ledger.get(key) or {}
-            await asyncio.to_thread(
-                self.cache.put,
-                key,
-                self.run.root / path,
-                {
-                    k: row.get(k)
-                    for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s", "run_s", "base_url")
-                },
-            )
+            fields["collect_attempts"] = (row.get("collect_attempts") or 0) + 1
+        self.ledger.update(key, status=nxt.state, reason=nxt.reason, error=nxt.error, **fields)
+        if nxt.stop and not self.stopped:
+            self.stopped = nxt.stop
+        shown = {"accepted": "pending", "planned": "waiting"}.get(nxt.state, nxt.state)
+        self._show(key, shown, finished=shown != "waiting")
 
-    def _record(self, key: str, shown: str, status: str, error: str | None, **fields: Any) -> None:
-        self.ledger.update(key, status=status, error=error, **fields)
-        self.progress.move(shown, "pending" if status == "accepted" else status, finished=True)
+    def _local_error(self, key: str, exc: Exception) -> None:
+        """Something on this machine failed (not the job): say so on the cell, keep the sweep going."""
+        message = f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):
+            row = self.ledger.get(key) or {}
+            paid = row.get("status") in ("accepted", "submitting")
+            state = "accepted" if paid else "failed"
+            self.ledger.update(
+                key, status=state, reason=f"local error ({type(exc).__name__})",
+                error=f"{message}; fix it and rerun" + ("; the paid job is collected again" if paid else ""),
+            )  # fmt: skip
+        self._show(key, "failed", finished=True)
+
+    async def _cancel(self, request_id: str) -> str:
+        try:
+            async with asyncio.timeout(CANCEL_DEADLINE_S):
+                return await jobs.cancel(self.api, request_id)
+        except (errors.ZlabError, TimeoutError):
+            return "unknown"
 
     async def stop(self, say: Callable[[str], None]) -> None:
         """After an interrupt: let in-flight submits record their ids, then cancel what is still queued."""
-        if self.submits:
-            await asyncio.wait(self.submits, timeout=CANCEL_DEADLINE_S)
-        open_jobs = [r for r in self.ledger.rows() if r["status"] == "accepted" and r["request_id"]]
+        if self.inflight:
+            await asyncio.wait(self.inflight, timeout=CANCEL_DEADLINE_S)
+        identity = self.client.identity
+        open_jobs = [
+            r for r in self.ledger.rows() if r["status"] == "accepted" and r["request_id"] and r["origin"] == identity
+        ]
 
         async def cancel(row: dict[str, Any]) -> bool:
-            try:
-                outcome = await self.api.cancel(row["request_id"])
-            except errors.ZlabError:
+            if await self._cancel(row["request_id"]) != "cancelled":
                 return False
-            if outcome == "cancelled":
-                self.ledger.update(row["key"], status="cancelled", error="cancelled by the user (Ctrl-C) while queued")
-            return outcome == "cancelled"
+            self.ledger.update(
+                row["key"], status="cancelled", reason="cancelled by you (Ctrl-C) while queued",
+                error="cancelled by the user (Ctrl-C) while queued: not billed; a rerun sends it again",
+            )  # fmt: skip
+            return True
 
-        done, _ = await asyncio.wait(
-            [asyncio.ensure_future(cancel(r)) for r in open_jobs] or [asyncio.ensure_future(asyncio.sleep(0))],
-            timeout=CANCEL_DEADLINE_S,
-        )
-        cancelled = sum(1 for t in done if not t.cancelled() and t.exception() is None and t.result() is True)
+        outcomes = await asyncio.gather(*(cancel(r) for r in open_jobs), return_exceptions=True)
+        cancelled = sum(1 for o in outcomes if o is True)
         say(
             f"zlab: interrupted: {cancelled} queued job(s) cancelled, {len(open_jobs) - cancelled} running job(s) "
             "recorded; run the same command again to collect them"
         )
+
+
+def _grace(row: dict[str, Any]) -> float:
+    """Until when a 404 for a job accepted in an earlier run still means "not visible yet" (monotonic)."""
+    try:
+        accepted = pd.Timestamp(row["submitted_at"]).timestamp()
+    except (TypeError, ValueError):
+        return time.monotonic()
+    return time.monotonic() + max(0.0, jobs.NOT_FOUND_GRACE_S - (time.time() - accepted))
+
+
+def _times(outcome: Any, track: Track) -> dict[str, Any]:
+    queue_s, run_s = jobs.timings(outcome, track)
+    finished = outcome.finished_at.isoformat() if outcome.finished_at else now_iso()
+    return {"finished_at": finished, "queue_s": queue_s, "run_s": run_s}

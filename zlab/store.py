@@ -2,14 +2,20 @@
 
     DIR/results.parquet     one row per cell (the contract columns)
     DIR/images/KEY.png      each image, named by its request key, with the request as PNG metadata
-    DIR/sweep.json          the sweep as written plus its seed draws (so a rerun uses the same seeds)
-    DIR/.zlab/ledger.sqlite each cell's state, written *before* its submit is sent
+    DIR/sweep.json          the sweep as last run (for people; the ledger holds what resume needs)
+    DIR/.zlab/ledger.sqlite each cell's state, written *before* its submit leaves; the drawn seeds
+    DIR/.zlab/lock          held by the one process writing the directory (`zlab.lock`)
 
-The ledger is the source of truth. A cell is `submitting` before its POST goes out and `accepted`
-with its request id the moment the answer arrives, so a process killed at any instant never loses a
-paid job: on resume, accepted cells are polled by id, never resubmitted. A cell left `submitting`
-(killed between sending and hearing back) may or may not have been accepted: it becomes `unknown`
-and is resent only when asked (`retry_unknown`). Committed rows survive SIGKILL (WAL journal).
+The ledger is the source of truth. A cell is `submitting` right before its POST leaves and `accepted`
+with its request id (and the API that accepted it) the moment the answer arrives, so a process killed
+at any instant never loses a paid job: on resume, accepted cells are polled by id at that API, never
+resubmitted. A cell left `submitting` (killed between sending and hearing back) may or may not have
+been accepted: it becomes `unknown` and is resent only when asked (`retry_unknown`). A paid job whose
+image cannot be fetched stays `accepted` and is collected again; after `MAX_COLLECT_ATTEMPTS` it is
+`lost` (never resent on its own). Committed rows survive SIGKILL (WAL journal).
+
+    planned → submitting → accepted → succeeded | failed | cancelled | lost
+    submitting (found on resume) → unknown
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 
 from zlab.download import write_atomic
+from zlab.errors import ConfigError
+from zlab.lock import DirLock
 
 RESULT_COLUMNS = (
     "key", "prompt", "width", "height", "seed",
@@ -35,8 +44,9 @@ RESULT_COLUMNS = (
     "status", "error", "request_id", "image_path", "image_url",
     "submitted_at", "finished_at", "queue_s", "run_s", "cost_usd", "base_url",
 )  # fmt: skip
-# planned → submitting → accepted → succeeded | failed | cancelled;  submitting (found on resume) → unknown
-OPEN_STATES = ("planned", "failed", "cancelled")  # sent (again) by a run
+# Added after the contract's columns (none is ever removed or renamed).
+EXTRA_COLUMNS = ("cost_source", "image_width", "image_height", "note", "cached")
+MAX_COLLECT_ATTEMPTS = 5  # tries to fetch a paid job's image before it is called lost
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
     key TEXT PRIMARY KEY, idx INTEGER, params TEXT NOT NULL, status TEXT NOT NULL,
@@ -44,7 +54,19 @@ CREATE TABLE IF NOT EXISTS cells (
     submitted_at TEXT, finished_at TEXT, queue_s REAL, run_s REAL, cost_usd REAL, base_url TEXT,
     attempts INTEGER NOT NULL DEFAULT 0, cached INTEGER NOT NULL DEFAULT 0, updated REAL
 );
+CREATE TABLE IF NOT EXISTS seeds (slot INTEGER PRIMARY KEY, seed INTEGER NOT NULL);
 """
+# Columns added since 0.1; a ledger written by 0.1 gains them on open.
+_ADDED = {
+    "origin": "TEXT",  # the API that accepted the job (`AsyncClient.identity`)
+    "reason": "TEXT",  # a short label of why a cell is where it is, for the summary's tallies
+    "collect_attempts": "INTEGER NOT NULL DEFAULT 0",
+    "cost_source": "TEXT",
+    "image_width": "INTEGER",
+    "image_height": "INTEGER",
+    "note": "TEXT",
+    "backend": "TEXT",  # JSON: a local server's facts about the render
+}
 
 
 def now_iso() -> str:
@@ -57,10 +79,21 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process; fsync per checkpoint
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process; fsync per checkpoint
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(cells)")}
+            for name, kind in _ADDED.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE cells ADD COLUMN {name} {kind}")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(
+                f"{path} is not a zlab ledger ({exc}): move it away to start this run directory afresh "
+                "(its accepted jobs would then be forgotten), or choose another --out"
+            ) from None
         self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -79,11 +112,23 @@ class Ledger:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self._db.execute(f"UPDATE cells SET {assignments} WHERE key = ?", [*fields.values(), key])
 
-    def mark_submitting(self, key: str, base_url: str) -> None:
+    def mark_submitting(self, key: str, base_url: str, origin: str) -> None:
+        """The POST is about to leave: from now on the cell may be billed."""
         self._db.execute(
-            "UPDATE cells SET status = 'submitting', attempts = attempts + 1, error = NULL, request_id = NULL, "
-            "base_url = ?, submitted_at = ?, updated = ? WHERE key = ?",
-            (base_url, now_iso(), time.time(), key),
+            "UPDATE cells SET status = 'submitting', attempts = attempts + 1, error = NULL, reason = NULL, "
+            "request_id = NULL, collect_attempts = 0, base_url = ?, origin = ?, submitted_at = ?, updated = ? "
+            "WHERE key = ?",
+            (base_url, origin, now_iso(), time.time(), key),
+        )
+
+    def seeds(self) -> list[int]:
+        """The seeds drawn for this directory's `-1` slots, in slot order."""
+        return [row[0] for row in self._db.execute("SELECT seed FROM seeds ORDER BY slot")]
+
+    def keep_seeds(self, seeds: Iterable[int]) -> None:
+        """Record draws for slots that have none yet; slots already drawn keep their seed forever."""
+        self._db.executemany(
+            "INSERT OR IGNORE INTO seeds (slot, seed) VALUES (?, ?)", [(i, int(s)) for i, s in enumerate(seeds)]
         )
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -102,15 +147,39 @@ class Ledger:
 
 
 class RunDir:
-    """Paths and files of one run directory."""
+    """Paths and files of one run directory, held by this process alone (`wait_s`: how long to wait for
+    another run that holds it)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, wait_s: float = 0.0) -> None:
         self.root = Path(root)
         self.images = self.root / "images"
         self.results = self.root / "results.parquet"
         self.spec = self.root / "sweep.json"
-        self.images.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(self.root / ".zlab" / "ledger.sqlite")
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--out {self.root} is a file, not a directory: choose a directory for the run")
+        try:
+            self.images.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run directory {self.root}: {exc.strerror}") from None
+        self._lock = DirLock(self.root / ".zlab" / "lock").acquire(wait_s)
+        try:
+            self.ledger = Ledger(self.root / ".zlab" / "ledger.sqlite")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def existing_image(self, key: str) -> Path | None:
+        """An image already in the directory for this key (a finished cell whose record was lost), if whole."""
+        for suffix in (".png", ".jpg", ".webp"):
+            path = self.image_file(key, suffix)
+            if path.is_file():
+                try:
+                    with Image.open(path) as probe:
+                        probe.verify()
+                except (OSError, SyntaxError, ValueError):
+                    continue
+                return path
+        return None
 
     def read_spec(self) -> dict[str, Any] | None:
         try:
@@ -139,21 +208,34 @@ class RunDir:
 
     def close(self) -> None:
         self.ledger.close()
+        self._lock.release()
 
 
 def results_frame(rows: list[dict[str, Any]], extra_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """Ledger rows → the contract's DataFrame: parameters, then status/timing columns, then axes."""
+    """Ledger rows → the contract's DataFrame: parameters, status/timing columns, axes, then added columns
+    (`cost_source`, `image_width`/`image_height`, `note`, `cached`, and `backend_*` for local renders)."""
     records = []
+    backend_columns: list[str] = []
     for row in rows:
         params = json.loads(row["params"])
         record = {column: params.get(column, row.get(column)) for column in RESULT_COLUMNS}
         record["status"] = "pending" if row["status"] in ("accepted", "submitting") else row["status"]
         for column in extra_columns:
             record.setdefault(column, params.get(column))
+        for column in EXTRA_COLUMNS:
+            record[column] = row.get(column)
         record["cached"] = bool(row.get("cached"))
+        for name, value in (json.loads(row["backend"]) if row.get("backend") else {}).items():
+            column = f"backend_{name}"
+            record[column] = value if isinstance(value, str | int | float | bool) or value is None else str(value)
+            if column not in backend_columns:
+                backend_columns.append(column)
         records.append(record)
-    columns = [*RESULT_COLUMNS, *[c for c in extra_columns if c not in RESULT_COLUMNS], "cached"]
+    axes = [c for c in extra_columns if c not in RESULT_COLUMNS and c not in EXTRA_COLUMNS]
+    columns = [*RESULT_COLUMNS, *axes, *EXTRA_COLUMNS, *backend_columns]
     df = pd.DataFrame.from_records(records, columns=columns)
+    for column in ("image_width", "image_height"):
+        df[column] = df[column].astype("Int64")
     for column in ("submitted_at", "finished_at"):
         df[column] = pd.to_datetime(df[column], utc=True, format="ISO8601")
     return df

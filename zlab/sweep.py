@@ -27,8 +27,10 @@ import pandas as pd
 from zlab.axes import axis_values, check_axis_name, parse_size
 from zlab.config import DEFAULT_PRICE_PER_MP
 from zlab.errors import ValidationError
+from zlab.pricing import Pricing
 from zlab.request import MAX_LORAS, MODEL_ID, SEED_RANGE, LoRA, Request
 
+MAX_CELLS = 100_000  # a sweep beyond this is almost surely a typo in an axis; max_cells=… allows more
 FILE_KEYS = ("prompt", "loras", "width", "height", "seed", "axes", "zip", "sheet", "name")
 SECONDS_PER_IMAGE = 4.0  # a working guess for RunComfy (cold starts aside); plans say it is a guess
 
@@ -93,6 +95,7 @@ class Sweep:
         sheet: Mapping[str, Any] | None = None,
         name: str | None = None,
         seed_draws: Sequence[int] | None = None,
+        max_cells: int = MAX_CELLS,
     ) -> None:
         if not isinstance(base, Request):
             raise ValidationError("base", base, "a zlab.Request")
@@ -105,6 +108,12 @@ class Sweep:
             raise ValidationError("axes", "size", "either a size axis or width/height axes, not both")
         self.axes: dict[str, list[Any]] = {axis: axis_values(axis, values) for axis, values in raw_axes.items()}
         self.zip = _check_zip(zipped, self.axes)
+        self.max_cells = max_cells
+        count = math.prod(len(self.axes[group[0]]) for group in self._groups())
+        if count > max_cells:  # checked before anything is expanded: a typo must not build millions of cells
+            raise ValidationError(
+                "axes", f"{count:,} cells", f"at most {max_cells:,} cells", "Shrink the axes, or pass max_cells=…"
+            )
         self._raw: dict[str, Any] = {"base": base.to_input(), "axes": raw_axes, "zip": [list(g) for g in self.zip]}
         self.seed_draws = self._draw_seeds(seed_draws)
         self._cells: list[Cell] | None = None
@@ -128,16 +137,11 @@ class Sweep:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Sweep:
-        """Read a YAML sweep file; errors name the file and the field."""
-        import yaml
+        """Read a YAML sweep file; errors name the file and the field (see `zlab.yamlfile` for the checks)."""
+        from zlab.yamlfile import load_yaml
 
         path = Path(path)
-        try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValidationError("sweep file", str(path), "an existing YAML file") from None
-        except yaml.YAMLError as exc:
-            raise ValidationError("sweep file", str(path), f"valid YAML ({exc})") from None
+        spec = load_yaml(path)
         sweep = cls.from_dict(spec, source=str(path))
         sweep.name = sweep.name or path.stem
         return sweep
@@ -159,7 +163,15 @@ class Sweep:
         }
 
     def with_seed_draws(self, draws: Sequence[int]) -> Sweep:
-        return Sweep(self.base, self._raw["axes"], zipped=self.zip, sheet=self.sheet, name=self.name, seed_draws=draws)
+        return Sweep(
+            self.base,
+            self._raw["axes"],
+            zipped=self.zip,
+            sheet=self.sheet,
+            name=self.name,
+            seed_draws=draws,
+            max_cells=self.max_cells,
+        )
 
     def _random_slots(self) -> int:
         if "seed" in self.axes:
@@ -212,23 +224,31 @@ class Sweep:
         price_per_mp: float = DEFAULT_PRICE_PER_MP,
         seconds_per_image: float = SECONDS_PER_IMAGE,
         cells: Sequence[Cell] | None = None,
+        pricing: Pricing | None = None,
     ) -> Estimate:
-        """Megapixels, cost (price per megapixel) and wall time (waves of `concurrency`) of some or all cells."""
+        """Megapixels, cost and wall time (waves of `concurrency`) of some or all cells.
+
+        The cost follows `pricing` (per image or per megapixel, see `zlab.pricing`), else `price_per_mp`."""
         chosen = self.cells() if cells is None else cells
         mp = sum(c.request.megapixels for c in chosen)
+        price = pricing or Pricing(None, price_per_mp, "price_per_mp")
+        cost = sum(price.cost(c.request) for c in chosen)
         waves = math.ceil(len(chosen) / max(1, concurrency))
-        return Estimate(len(chosen), mp, mp * price_per_mp, waves * seconds_per_image, concurrency)
+        return Estimate(len(chosen), mp, cost, waves * seconds_per_image, concurrency)
 
-    def plan(self, concurrency: int = 8, *, price_per_mp: float = DEFAULT_PRICE_PER_MP) -> pd.DataFrame:
+    def plan(
+        self, concurrency: int = 8, *, price_per_mp: float = DEFAULT_PRICE_PER_MP, pricing: Pricing | None = None
+    ) -> pd.DataFrame:
         """A DataFrame of cells (key, every parameter, megapixels, cost); `.attrs['estimate']` sums it up."""
+        price = pricing or Pricing(None, price_per_mp, "price_per_mp")
         rows = []
         for cell in self.cells():
             row = cell.row()
             row["megapixels"] = cell.request.megapixels
-            row["cost_usd"] = cell.request.megapixels * price_per_mp
+            row["cost_usd"] = price.cost(cell.request)
             rows.append(row)
         df = pd.DataFrame(rows)
-        df.attrs["estimate"] = self.estimate(concurrency, price_per_mp=price_per_mp)
+        df.attrs["estimate"] = self.estimate(concurrency, pricing=price)
         return df
 
     def __len__(self) -> int:
