@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from zlab.progress import Progress, ProgressState
+from zlab.progress import Progress, ProgressState, shown_in
 
 
 def test_queued_and_running_are_counted_apart_and_waiting_is_the_rest():
@@ -64,3 +64,16 @@ def test_terminal_line_is_redrawn_in_place_and_ends_with_a_newline():
     progress.close()
     lines = out.getvalue()
     assert lines.startswith("\r") and lines.endswith("\n") and "zlab 2/2 · 2 succeeded" in lines
+
+
+def test_a_widget_can_take_the_drawing_over():
+    drawn: list[str] = []
+    with shown_in(drawn.append):
+        progress = Progress(total=1, done=0, enabled=True)
+        progress.counts["queued"] = 1
+        progress.move("queued", "succeeded", finished=True)
+        progress.close()
+    assert drawn and "zlab 1/1" in drawn[-1] and "took" in drawn[-1]
+    after = Progress(total=1, done=0, enabled=True, file=io.StringIO())  # outside the block: not drawn there
+    after.close()
+    assert len([d for d in drawn if "took" in d]) == 1

@@ -16,15 +16,16 @@ which after `close()` is the final tally. In a terminal it is one line on stderr
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import html
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["Progress", "ProgressState"]
+__all__ = ["Progress", "ProgressState", "shown_in"]
 
 _REDRAW_S = 0.25  # at most four redraws a second: updates are cheap, but each is an iopub message
 _WINDOW = 32  # finishes used for the throughput: recent enough to follow a change of pace
@@ -133,6 +134,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+_SINKS: list[Callable[[str], None]] = []  # innermost last; a plain list: runs draw from the event-loop thread
+
+
+@contextlib.contextmanager
+def shown_in(draw: Callable[[str], None]) -> Iterator[None]:
+    """Within this block, progress is drawn by calling `draw(html)` instead of as a notebook output.
+
+    For a widget that shows runs inside itself: the SweepBuilder sets an HTML widget's value, since
+    display updates do not reach outputs captured by an ipywidgets `Output`.
+    """
+    _SINKS.append(draw)
+    try:
+        yield
+    finally:
+        _SINKS.remove(draw)
+
+
 def _in_kernel() -> bool:
     """True inside a Jupyter kernel (HTML outputs); False in a terminal IPython or a plain script."""
     ipython = sys.modules.get("IPython")
@@ -157,7 +175,10 @@ class Progress:
         self._handle: Any = None
         self._draw: Callable[[bool], None] | None = None
         if enabled:
-            if _in_kernel():
+            if _SINKS:
+                sink = _SINKS[-1]
+                self._draw = lambda _force: sink(self.state.html())
+            elif _in_kernel():
                 self._draw = self._draw_html
             elif os.environ.get("ZLAB_REPORT") is None and getattr(self._file, "isatty", lambda: False)():
                 self._draw = self._draw_text

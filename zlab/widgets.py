@@ -29,6 +29,7 @@ from zlab.errors import ZlabError
 from zlab.fallback import LIVE_CLASS, show
 from zlab.frontend import Form, LoraRow, default_out_dir, plan_summary
 from zlab.gallery_view import Gallery
+from zlab.progress import shown_in
 from zlab.request import DEFAULT_LORA_PATH, MAX_LORAS
 
 if TYPE_CHECKING:
@@ -164,7 +165,8 @@ class SweepBuilder:
         self.summary = w.HTML()
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.status = w.HTML()
-        self.output = w.Output()  # the progress bar and the run's log lines land here
+        self.progress = w.HTML()  # the run's progress (zlab.progress draws into it while a run lasts)
+        self.output = w.Output()  # the run's log lines land here
         self.result_box = w.VBox()
         inputs = [
             self.prompt,
@@ -188,6 +190,7 @@ class SweepBuilder:
                 w.HBox([self.concurrency, self.out_dir_text]),
                 self.summary,
                 w.HBox([self.run_button, self.status]),
+                self.progress,
                 self.output,
                 self.result_box,
             ]
@@ -257,7 +260,7 @@ class SweepBuilder:
         self._say(f"running {len(sweep)} cells into {out} …")
         self.output.clear_output()
         try:
-            with self.output:
+            with self.output, shown_in(self._show_progress):
                 res = self.client.run(sweep, out, concurrency=int(self.concurrency.value), progress=True)
         except KeyboardInterrupt:
             self._say("interrupted: queued jobs were cancelled; run again to resume", error=True)
@@ -289,6 +292,9 @@ class SweepBuilder:
             self._static.update(self._static_bundle())
         return res
 
+    def _show_progress(self, html_text: str) -> None:
+        self.progress.value = html_text
+
     def _say(self, text: str, error: bool = False) -> None:
         color = "#aa1e1e" if error else "#1c1c1c"
         self.status.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
@@ -296,6 +302,8 @@ class SweepBuilder:
     def static_html(self) -> str:
         """What a saved notebook shows for the builder: the plan line, and the last run's gallery."""
         parts = [f"<div><b>zlab sweep builder</b> · {self.summary.value}</div>"]
+        if self.progress.value:
+            parts.append(self.progress.value)
         if self.results is not None:
             parts.append(f"<div>{html.escape(self.results.summary())}</div>")
         if self.gallery is not None:
