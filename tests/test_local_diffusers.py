@@ -238,6 +238,8 @@ def test_prompt_embeddings_are_encoded_once_per_prompt(backend):
     backend.image([(lora, 0.5)], seed=2, prompt="a red fox")
     assert backend.encoder_calls == 2
     assert backend.renderer.counts["encodes"] == 2
+    timings = backend.renderer.seconds
+    assert 0 < timings["encodes"] < timings["renders"] and timings["adapter_loads"] > 0
 
 
 @needs_local

@@ -29,6 +29,7 @@ import hashlib
 import io
 import math
 import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -157,11 +158,13 @@ class PipelineWorker:
         self._embeddings: collections.OrderedDict[str, list[torch.Tensor]] = collections.OrderedDict()
         self._lora_enabled = True
         self.counts: collections.Counter[str] = collections.Counter()  # renders, encodes, adapter loads/unloads
+        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)  # time on each of those
 
     def render(self, request: Request) -> Rendered:
         """Render one request (blocking): adapters, cached embeddings, seeded generator, PNG."""
         import torch
 
+        started = time.perf_counter()
         embeddings = self._prompt_embeddings(request.prompt)
         self._activate(request.loras)
         width, height = render_size(request.width, request.height)
@@ -188,6 +191,7 @@ class PipelineWorker:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         self.counts["renders"] += 1
+        self.seconds["renders"] += time.perf_counter() - started
         return Rendered(buffer.getvalue(), "image/png", {**self.info, "render_size": f"{width}x{height}"})
 
     def clear(self) -> None:
@@ -204,10 +208,12 @@ class PipelineWorker:
             return cached
         import torch
 
+        started = time.perf_counter()
         with torch.inference_mode():
             device = self.pipe._execution_device
             embeddings, _ = self.pipe.encode_prompt(prompt, device=device, do_classifier_free_guidance=False)
         self.counts["encodes"] += 1
+        self.seconds["encodes"] += time.perf_counter() - started
         self._embeddings[prompt] = embeddings
         while len(self._embeddings) > self.settings.prompt_cache:
             self._embeddings.popitem(last=False)
@@ -228,8 +234,10 @@ class PipelineWorker:
             paths.setdefault(name, lora.path)
         plan = plan_adapters(list(self._adapters), list(weights), self.settings.lora_cache)
         if plan.evict:
+            started = time.perf_counter()
             self.pipe.delete_adapters(list(plan.evict))
             self.counts["adapter_unloads"] += len(plan.evict)
+            self.seconds["adapter_unloads"] += time.perf_counter() - started
             self._adapters = {name: path for name, path in self._adapters.items() if name not in plan.evict}
         for name in plan.load:
             self._load(paths[name], name)  # a LoRA that does not fit raises here, leaving the cache consistent
@@ -249,6 +257,7 @@ class PipelineWorker:
         return "zlab_" + hashlib.sha256(identity.encode()).hexdigest()[:16]
 
     def _load(self, path: str, name: str) -> None:
+        started = time.perf_counter()
         local = self.files.local_file(path)
         try:
             state_dict, metadata = self.pipe.lora_state_dict(
@@ -273,6 +282,7 @@ class PipelineWorker:
             state_dict, transformer=self.pipe.transformer, adapter_name=name, metadata=metadata, _pipeline=self.pipe
         )
         self.counts["adapter_loads"] += 1
+        self.seconds["adapter_loads"] += time.perf_counter() - started
 
 
 class DiffusersRenderer:
@@ -338,6 +348,15 @@ class DiffusersRenderer:
         total: collections.Counter[str] = collections.Counter()
         for worker in self.workers:
             total.update(worker.counts)
+        return dict(total)
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Time spent on each of `counts` (renders include their encodes and adapter loads), summed."""
+        total: collections.defaultdict[str, float] = collections.defaultdict(float)
+        for worker in self.workers:
+            for what, seconds in worker.seconds.items():
+                total[what] += seconds
         return dict(total)
 
     def close(self) -> None:
