@@ -136,8 +136,8 @@ def test_prompt_lines_lora_paths_and_zip_groups_become_axes():
 
 
 def test_plan_summary_counts_and_reports_errors_instead_of_raising():
-    good = plan_summary(Form("a fox", (LoraRow("o/n", 0, 1.5, 4),), seeds="1-3", sizes="1000x1000"))
-    assert good.ok and good.text.startswith("12 cells (lora1_scale[4] × seed[3]), 12.0 MP, ≈$0.10 estimated")
+    good = plan_summary(Form("a fox", (LoraRow("o/n", 0, 1.5, 4),), seeds="1-3", sizes="1024x1024"))
+    assert good.ok and good.text.startswith("12 cells (lora1_scale[4] × seed[3]), 12.6 MP, ≈$0.")
     bad = plan_summary(Form("a fox", (LoraRow("o/n", 0, 9, 4),)))
     assert not bad.ok and bad.sweep is None
     assert bad.text == f"⚠ {bad.error}" and "lora1_scale" in bad.text and "0 to 4" in bad.text
