@@ -448,3 +448,31 @@ def test_a_url_lora_is_downloaded_once_and_a_bad_body_leaves_nothing(tmp_path):
     with pytest.raises(RenderError, match="HTTP 404"):
         files.local_file("https://example.org/gone.safetensors")
     assert sorted(p.name for p in (tmp_path / "loras").iterdir()) == [first.name]  # no partial files left
+
+
+def test_hub_loras_resolve_from_the_hugging_face_cache_offline(tmp_path):
+    pytest.importorskip("huggingface_hub", reason="skipped: hub LoRAs need huggingface_hub (zlab[local])")
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--owner--style"  # the cache's own layout, as after a download
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "snapshots" / revision / "style.safetensors").write_bytes(_safetensors_bytes())
+    code = (
+        "import pathlib, sys\n"
+        "from zlab.server.loras import LoraFiles\n"
+        "files = LoraFiles(pathlib.Path(sys.argv[1]))\n"
+        "for path in ('owner/style:style.safetensors', 'owner/style', 'owner/missing'):\n"
+        "    try:\n"
+        "        print(files.local_file(path))\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+    )
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=60
+    )
+    named, single, missing = done.stdout.splitlines()
+    expected = str(repo / "snapshots" / revision / "style.safetensors")
+    assert named == expected and single == expected, done.stdout + done.stderr
+    assert missing.startswith("RenderError LoRA 'owner/missing' could not be fetched from Hugging Face")

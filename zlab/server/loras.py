@@ -260,13 +260,36 @@ class LoraFiles:
     def _hub(self, source: LoraSource) -> Path:
         try:
             import huggingface_hub
-            from huggingface_hub.errors import HfHubHTTPError
         except ImportError as exc:  # comes with diffusers, but say what to do if it is missing
             raise RenderError("Hugging Face repo LoRAs need huggingface_hub: pip install 'zlab[local]'") from exc
         repo = source.location
         try:
-            name = source.weight_name or pick_weight_file(huggingface_hub.list_repo_files(repo), repo, repo=True)
-            return Path(huggingface_hub.hf_hub_download(repo, name))
-        except (HfHubHTTPError, OSError, ValueError) as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise RenderError(f"LoRA {repo!r} could not be fetched from Hugging Face: {detail}") from exc
+            if source.weight_name:
+                return Path(huggingface_hub.hf_hub_download(repo, source.weight_name))
+            try:
+                names = huggingface_hub.list_repo_files(repo)
+            except Exception as exc:
+                return self._cached_repo_file(repo, exc)  # offline: a repo fetched before still works
+            return Path(huggingface_hub.hf_hub_download(repo, pick_weight_file(names, repo, repo=True)))
+        except RenderError:
+            raise
+        except Exception as exc:  # the hub's errors vary by version (HTTP, offline, connection); all mean "not here"
+            raise self._unreachable(repo, exc) from exc
+
+    def _cached_repo_file(self, repo: str, problem: Exception) -> Path:
+        import huggingface_hub
+
+        try:
+            folder = Path(huggingface_hub.snapshot_download(repo, local_files_only=True))
+        except Exception:
+            raise self._unreachable(repo, problem) from problem
+        names = [str(path.relative_to(folder)) for path in folder.rglob(f"*{SUFFIX}")]
+        return folder / pick_weight_file(names, repo, repo=True)
+
+    @staticmethod
+    def _unreachable(repo: str, problem: Exception) -> RenderError:
+        detail = str(problem).splitlines()[0] if str(problem) else type(problem).__name__
+        return RenderError(
+            f"LoRA {repo!r} could not be fetched from Hugging Face ({detail}); check the repo id and the network, "
+            "or download the file and give its local path"
+        )
