@@ -216,8 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = db.DiffusersSettings(
             args.model or db.DEFAULT_MODEL, args.device, db.parse_devices(args.devices), args.dtype, args.offload
         )
-        print(f"zlab: loading {settings.model} ({settings.dtype}); this takes a while", file=sys.stderr, flush=True)
-        renderer = db.load_renderer(settings)
+        renderer = db.load_renderer(settings, say=lambda line: print(line, file=sys.stderr, flush=True))
     serve(
         renderer=renderer,
         host=args.host,

@@ -31,7 +31,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -389,8 +389,13 @@ def versions(model: str, pipe: ZImagePipeline) -> dict[str, Any]:
     }
 
 
-def load_renderer(settings: DiffusersSettings, files: LoraFiles | None = None) -> DiffusersRenderer:
-    """Load Z-Image Turbo once per device (a local folder or a Hugging Face id) and wrap it in a renderer."""
+def load_renderer(
+    settings: DiffusersSettings, files: LoraFiles | None = None, say: Callable[[str], None] | None = None
+) -> DiffusersRenderer:
+    """Load Z-Image Turbo once per device (a local folder or a Hugging Face id) and wrap it in a renderer.
+
+    `say` hears one line before the (long) load starts, e.g. `print` to stderr.
+    """
     problem = missing_local_extra()
     if problem:
         raise ConfigError(problem)
@@ -401,11 +406,15 @@ def load_renderer(settings: DiffusersSettings, files: LoraFiles | None = None) -
     targets = settings.targets(torch.cuda.device_count(), mps)
     dtype = getattr(torch, DTYPES[settings.dtype])
     model = str(Path(settings.model).expanduser()) if Path(settings.model).expanduser().exists() else settings.model
+    if say is not None:
+        say(f"zlab: loading {settings.model} ({settings.dtype}) on {', '.join(targets)}; this takes a while")
     pipelines = []
     for target in targets:
         try:
-            pipe = ZImagePipeline.from_pretrained(model, torch_dtype=dtype)
-        except OSError as exc:
+            with warnings.catch_warnings():  # newer diffusers call it `dtype`; the floor version knows only this
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                pipe = ZImagePipeline.from_pretrained(model, torch_dtype=dtype)
+        except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"cannot load Z-Image Turbo from {settings.model!r} ({str(exc).splitlines()[0]}); pass --model with "
                 f"a folder holding the diffusers layout, or a Hugging Face id such as {DEFAULT_MODEL}"
