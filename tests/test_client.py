@@ -124,7 +124,9 @@ def test_generations_complete_through_faults_and_no_submit_is_accepted_twice(fau
 
 
 @pytest.mark.parametrize(
-    "faults", [Faults(server_error=1.0), Faults(unavailable=1.0), Faults(error_body=1.0)], ids=["500", "503", "200+code"]
+    "faults",
+    [Faults(server_error=1.0), Faults(unavailable=1.0), Faults(error_body=1.0)],
+    ids=["500", "503", "200+code"],
 )
 def test_a_5xx_answer_to_a_submit_is_an_unknown_outcome_never_resent(faults):
     with LocalServer(latency=0.01, faults=faults.replace(endpoints=("submit",))) as srv:

@@ -1,7 +1,9 @@
 """The `zlab` command: run, sheet, report, serve, generate.
 
 Exit codes: 0 success; 1 some cells failed (results are still written) or the work failed;
-2 bad input (nothing was sent); 130 interrupted (Ctrl-C; rerun the same command to resume).
+2 bad input (nothing was sent); 3 the token was refused; 4 the balance ran out (3 and 4: sending
+stopped at once, accepted jobs were still collected); 5 the run directory is busy (another run holds
+it); 130 interrupted (Ctrl-C; rerun the same command to resume).
 The API token comes only from the environment (RUNCOMFY_TOKEN / RUNCOMFY_API_KEY), never a flag.
 """
 
@@ -9,13 +11,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import math
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from zlab import errors
 
 BAD_INPUT = (errors.ValidationError, errors.ConfigError, errors.BudgetExceeded)
+BUSY = 5
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds > 0")
+    return value
+
+
+def _usd(text: str) -> float:
+    """An argparse type: a finite number of USD >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of USD") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of USD >= 0")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,12 +56,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec", help="the sweep file (YAML)")
     run.add_argument("--out", help="run directory (default: runs/<spec name>); rerunning into it resumes")
     run.add_argument("--concurrency", type=int, default=8, help="jobs in flight at once (default 8)")
-    run.add_argument("--budget", type=float, help="refuse to start if the estimate exceeds this many USD")
+    run.add_argument("--budget", type=_usd, help="refuse to start if the estimate exceeds this many USD")
     run.add_argument("--dry-run", action="store_true", help="print the plan and send nothing")
     run.add_argument(
         "--retry-unknown",
         action="store_true",
         help="resend cells whose earlier submit had an unknown outcome (they may be paid twice)",
+    )
+    run.add_argument(
+        "--resend-lost",
+        action="store_true",
+        help="pay again for cells whose paid job's image could not be collected (marked lost)",
+    )
+    run.add_argument(
+        "--cell-timeout",
+        type=_seconds,
+        default=1800.0,
+        help="seconds a cell may take from its submit (default 1800); a job still queued then is cancelled",
+    )
+    run.add_argument(
+        "--wait",
+        type=_seconds,
+        nargs="?",
+        const=3600.0,
+        default=0.0,
+        metavar="SECONDS",
+        help="if another run holds the directory, wait for it (default: say who holds it and exit)",
     )
     run.add_argument("--no-cache", action="store_true", help="do not reuse images from other run directories")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line remains)")
@@ -113,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--height", type=int, default=1536)
     generate.add_argument("--seed", type=int, default=-1)
     generate.add_argument("--out", required=True, help="image file to write")
-    generate.add_argument("--timeout", type=float, default=600.0)
+    generate.add_argument("--timeout", type=_seconds, default=600.0, help="seconds to wait (default 600)")
     return parser
 
 
@@ -134,6 +184,8 @@ def _run(args: argparse.Namespace) -> int:
 
     sweep = Sweep.from_file(args.spec)
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
+    if out.exists() and not out.is_dir():
+        raise errors.ValidationError("--out", str(out), "a directory (this is a file)")
 
     async def main() -> int:
         async with AsyncClient() as client:
@@ -144,20 +196,64 @@ def _run(args: argparse.Namespace) -> int:
                 budget=args.budget,
                 dry_run=args.dry_run,
                 retry_unknown=args.retry_unknown,
+                resend_lost=args.resend_lost,
                 cache=not args.no_cache,
                 progress=not args.no_progress and sys.stderr.isatty(),
+                cell_timeout=args.cell_timeout,
+                wait=args.wait,
+                on_interrupt="return",
             )
-        return 0 if args.dry_run or result.ok else 1
+        return 0 if args.dry_run else result.exit_code
 
-    return asyncio.run(main())
+    return _run_interruptible(main)
+
+
+def _run_interruptible(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run `main` on a fresh loop where Ctrl-C cancels it once; more presses while it cleans up (cancelling
+    queued jobs, writing results: a few seconds, bounded) only say so, so the ledger and summary stay whole.
+    A third press stops at once: the ledger is consistent at every instant, so a rerun still resumes."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(main())
+    presses = 0
+
+    def on_sigint() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            task.cancel()
+        elif presses == 2:
+            print("zlab: finishing the clean-up (a few seconds); Ctrl-C again stops at once", file=sys.stderr)
+        else:
+            print("zlab: stopped at once; run the same command again to resume", file=sys.stderr, flush=True)
+            os._exit(130)
+
+    # On Windows, or off the main thread, Python's own Ctrl-C handling stays.
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def _sheet(args: argparse.Namespace) -> int:
     from zlab.sheet import sheet_from_run_dir
 
-    paths = sheet_from_run_dir(
-        args.dir, x=args.x, y=args.y, page=args.page, out=args.out, html=args.html, cell_width=args.cell_width
-    )
+    try:
+        paths = sheet_from_run_dir(
+            args.dir, x=args.x, y=args.y, page=args.page, out=args.out, html=args.html, cell_width=args.cell_width
+        )
+    except (OSError, ValueError) as exc:  # a missing or unreadable results.parquet (pyarrow's errors are ValueErrors)
+        if isinstance(exc, errors.ZlabError):
+            raise
+        raise errors.ValidationError(
+            "dir", args.dir, f"a run directory with a readable results.parquet ({type(exc).__name__}: {exc})"
+        ) from None
     for path in paths:
         print(path)
     return 0
@@ -237,11 +333,38 @@ def _generate(args: argparse.Namespace) -> int:
 
     loras = () if args.no_lora else [LoRA(*parse_lora(text)) for text in args.lora] or DEFAULT_LORAS
     request = Request(args.prompt, loras=loras, width=args.width, height=args.height, seed=args.seed)
+    out = _check_out_file(Path(args.out))  # before anything is paid for
     with Client() as client:
         generation = client.generate(request, timeout=args.timeout)
-    path = generation.save(args.out)
-    print(f"{path} ({generation.image.width}x{generation.image.height}, request {generation.request_id})")
+    path = (
+        out if out.suffix.lower().replace(".jpeg", ".jpg") == generation.suffix else out.with_suffix(generation.suffix)
+    )
+    try:
+        generation.save(path)
+    except OSError as exc:
+        raise errors.ZlabError(
+            f"could not write {path} ({exc.strerror}); the image is paid for: collect it again with "
+            f"`zlab.Client().job({generation.request_id!r}).download()`"
+        ) from None
+    note = f"; saved as {path.suffix[1:].upper()} as served" if path != out else ""
+    size = f"{generation.image.width}x{generation.image.height}"
+    print(
+        f"{path} ({size}, request {generation.request_id}{note})"
+        + (f"\nzlab: {generation.note}" if generation.note else "")
+    )
     return 0
+
+
+def _check_out_file(out: Path) -> Path:
+    """`generate --out`: a file we can write, checked before the job is sent (and paid for)."""
+    if out.is_dir():
+        raise errors.ValidationError("--out", str(out), "a file name (this is a directory)")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise errors.ValidationError("--out", str(out), f"a file in an existing directory ({parent} does not exist)")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise errors.ValidationError("--out", str(out), "a file you may write")
+    return out
 
 
 COMMANDS = {"run": _run, "sheet": _sheet, "report": _report, "serve": _serve, "generate": _generate}
@@ -251,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except errors.RunDirBusy as exc:
+        print(f"zlab: error: {exc}", file=sys.stderr)
+        return BUSY
     except BAD_INPUT as exc:
         print(f"zlab: error: {exc}", file=sys.stderr)
         return 2

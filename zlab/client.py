@@ -144,8 +144,13 @@ class AsyncClient:
             raise errors.ConfigError(f"zlab.Request is the schema of {MODEL_ID}; pass a dict for model {model!r}")
         self.check_request(request)
         payload = request.to_input() if isinstance(request, Request) else dict(request)
-        track = Track(time.monotonic())
-        request_id = await jobs.send(self.api, model, payload)
+        megapixels = request.megapixels if isinstance(request, Request) else None
+        track = Track(time.monotonic(), megapixels=megapixels)
+
+        def sending() -> None:
+            track.sent = time.monotonic()
+
+        request_id = await jobs.send(self.api, model, payload, on_send=sending)
         track.submitted = time.monotonic()
         return Job(request_id, request, model, self, track)
 

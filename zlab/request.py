@@ -184,8 +184,14 @@ class Request:
 
 
 def is_local_path(path: str) -> bool:
-    """A LoRA path that names a file on this machine (which only the local diffusers backend can read)."""
-    return path.startswith(("/", "./", "../", "~", "\\\\")) or (len(path) > 2 and path[1] == ":" and path[2] in "\\/")
+    """A LoRA path that names a file on this machine (which only the local diffusers backend can read):
+    an absolute, home or dot-relative path, a Windows path, or a relative `….safetensors` file (a hub file
+    is written `owner/name:file.safetensors`)."""
+    if path.startswith("https://"):
+        return False
+    if path.startswith(("/", "./", "../", "~", "\\\\")) or (len(path) > 2 and path[1] == ":" and path[2] in "\\/"):
+        return True
+    return path.lower().endswith(".safetensors") and ":" not in path
 
 
 def canonical_json(model: str, payload: Mapping[str, Any]) -> str:

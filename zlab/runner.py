@@ -15,7 +15,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -30,7 +29,9 @@ import pandas as pd
 from zlab import errors, jobs, runplan
 from zlab.polling import Track
 from zlab.pricing import final_cost
+from zlab.progress import Progress
 from zlab.request import Request
+from zlab.results import with_picks
 from zlab.runplan import Action, CellView, Next, Stop
 from zlab.sheet.thumbs import prime
 from zlab.store import Cache, RunDir, now_iso, results_frame
@@ -116,31 +117,6 @@ def default_cache_dir() -> Path:
     return Path(base)
 
 
-class _Progress:
-    """Counts by state, shown with tqdm (a widget in notebooks, a text bar in terminals)."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.bar = None
-        if enabled and not os.environ.get("ZLAB_REPORT"):
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=done, unit="img", desc="zlab", file=sys.stderr, dynamic_ncols=True)
-
-    def move(self, old: str | None, new: str, finished: bool = False) -> None:
-        if old:
-            self.counts[old] -= 1
-        self.counts[new] += 1
-        if self.bar is not None:
-            shown = {k: v for k, v in self.counts.items() if v and k in ("succeeded", "failed", "queued", "running")}
-            self.bar.set_postfix(shown, refresh=False)
-            self.bar.update(1) if finished else self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _say(line: str) -> None:
     from zlab.client import in_notebook
 
@@ -220,7 +196,7 @@ async def run_sweep(
         )
         calls_before = collections.Counter(client.api.calls)
         state = _RunState(client, run, sweep, concurrency, cell_timeout, shared)
-        state.progress = _Progress(len(cells), tally["done"], progress)
+        state.progress = Progress(len(cells), tally["done"], progress)
         interrupted = False
         try:
             await state.run_all([(c, actions[c.key]) for c in cells] + [(c, "collect") for c in collectable])
@@ -239,6 +215,7 @@ async def run_sweep(
             run.write_results(df)
         except OSError as exc:
             say(f"zlab: could not write {run.results}: {exc}; the ledger keeps every result, rerun to write it")
+        df = with_picks(df, run.root)  # favourites and ratings from the gallery, as columns
         counts = dict(collections.Counter(df["status"]))
         calls = dict(collections.Counter(client.api.calls) - calls_before)
         notes = _notes(rows, keys, client.identity, collectable, actions)
@@ -348,7 +325,7 @@ class _RunState:
         self.ledger = run.ledger
         self.slots = asyncio.Semaphore(concurrency)
         self.cell_timeout, self.cache = cell_timeout, cache
-        self.progress = _Progress(0, 0, False)
+        self.progress = Progress(0, 0, False)
         self.tracks: dict[str, Track] = {}
         self.inflight: set[asyncio.Task[Any]] = set()
         self.stopped: Stop | None = None
@@ -366,10 +343,23 @@ class _RunState:
         for cell, action in work:
             if action not in ("done", "hold", "elsewhere"):
                 self._show(cell.key, "waiting")
-        async with asyncio.TaskGroup() as group:
-            for cell, action in work:
-                if action not in ("done", "hold", "elsewhere"):
-                    group.create_task(self.cell(cell, action))
+        watcher = asyncio.ensure_future(self._watch_phases())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for cell, action in work:
+                    if action not in ("done", "hold", "elsewhere"):
+                        group.create_task(self.cell(cell, action))
+        finally:
+            watcher.cancel()
+
+    async def _watch_phases(self) -> None:
+        """Show each accepted job as queued or running at the server, as its poller last saw it."""
+        while True:
+            await asyncio.sleep(0.25)
+            for key, track in list(self.tracks.items()):
+                shown = self.shown.get(key)
+                if shown in ("queued", "running") and track.phase in ("queued", "running") and track.phase != shown:
+                    self._show(key, track.phase)
 
     async def cell(self, cell: Cell, action: Action) -> None:
         try:
@@ -380,7 +370,8 @@ class _RunState:
             elif action == "collect":
                 row = self.ledger.get(cell.key) or {}
                 async with self.slots:
-                    await self._follow(cell, row["request_id"], Track(time.monotonic()), grace_until=_grace(row))
+                    track = Track(time.monotonic(), megapixels=cell.request.megapixels)
+                    await self._follow(cell, row["request_id"], track, grace_until=_grace(row))
             elif action in ("send", "cache"):
                 await self._send(cell)
         except asyncio.CancelledError:
@@ -395,8 +386,12 @@ class _RunState:
             async with self.slots:
                 if self.stopped:
                     return
-                track = Track(time.monotonic())
+                track = Track(time.monotonic(), megapixels=cell.request.megapixels)
                 identity, base_url = self.client.identity, self.api.base_url
+
+                def sending(key: str = key, track: Track = track, at: str = base_url, who: str = identity) -> None:
+                    self.ledger.mark_submitting(key, at, who)  # committed before the body leaves
+                    track.sent = time.monotonic()
 
                 def accepted(request_id: str, key: str = key, track: Track = track) -> None:
                     track.submitted = time.monotonic()
@@ -406,7 +401,7 @@ class _RunState:
                 try:
                     request_id = await jobs.send(
                         self.api, self.client.model, cell.request.to_input(),
-                        on_send=functools.partial(self.ledger.mark_submitting, key, base_url, identity),
+                        on_send=sending,
                         on_accepted=accepted, inflight=self.inflight,
                     )  # fmt: skip
                 except asyncio.CancelledError:

@@ -183,9 +183,10 @@ class RunDir:
 
     def read_spec(self) -> dict[str, Any] | None:
         try:
-            return dict(json.loads(self.spec.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
+            spec = json.loads(self.spec.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # missing, unreadable or junk: it is only a record for people
             return None
+        return spec if isinstance(spec, dict) else None
 
     def write_spec(self, spec: Mapping[str, Any]) -> None:
         write_atomic(self.spec, json.dumps(spec, indent=2, default=str).encode())

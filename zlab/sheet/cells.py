@@ -20,7 +20,8 @@ from zlab.errors import ValidationError
 from zlab.sheet.layout import axis_label, format_value
 
 BOOKKEEPING = frozenset(
-    {"key", "status", "error", "request_id", "image_path", "image_url", "cost_usd", "base_url", "cached", "megapixels"}
+    {"key", "status", "error", "request_id", "image_path", "image_url", "cost_usd", "base_url", "cached", "megapixels",
+     "cost_source", "image_width", "image_height", "note", "reason", "favourite", "rating"}
 )
 
 
@@ -43,7 +44,7 @@ class VaryingColumnsError(ValidationError):
 
 def is_bookkeeping(column: str) -> bool:
     """True for columns that describe how a cell ran rather than what it generated."""
-    return column in BOOKKEEPING or column.endswith(("_at", "_s")) or column.startswith("sheet_")
+    return column in BOOKKEEPING or column.endswith(("_at", "_s")) or column.startswith(("sheet_", "backend_"))
 
 
 def parameter_columns(df: pd.DataFrame, exclude: Iterable[str | None] = ()) -> list[str]:
