@@ -79,7 +79,7 @@ def test_input_problems_lists_every_problem():
     seed=st.integers(-(2**40), 2**40),
 )
 def test_validation_agrees_with_the_schema(scale, width, seed):
-    valid = 0 <= scale <= 4 and 256 <= width <= 1536 and -1 <= seed <= 2**31 - 1
+    valid = 0 <= scale <= 4 and 256 <= width <= 1536 and width % 16 == 0 and -1 <= seed <= 2**31 - 1
     payload = {"prompt": "p", "loras": [{"path": "a/b", "scale": scale}], "width": width, "seed": seed}
     assert (input_problems(payload) == []) == valid
     try:
@@ -87,3 +87,11 @@ def test_validation_agrees_with_the_schema(scale, width, seed):
         assert valid
     except ValidationError:
         assert not valid
+
+
+@pytest.mark.parametrize(("size", "nearest"), [(1000, "992 or 1008"), (257, "256 or 272"), (1535, "1520 or 1536")])
+def test_sizes_must_be_multiples_of_16_and_the_error_names_the_nearest(size, nearest):
+    with pytest.raises(ValidationError, match=f"width: {size} .*multiple of 16.*{nearest}"):
+        Request("p", width=size)
+    with pytest.raises(ValidationError, match="height"):
+        Request("p", height=size)
