@@ -158,16 +158,17 @@ def check_budget(estimate_usd: float, budget: float | None, new_images: int) -> 
         )
 
 
-def tally_reasons(rows: Iterable[tuple[str, str | None]], states: Iterable[str] = ("failed", "unknown", "lost")) -> str:
-    """'3 failed: token refused (403) ×2, job failed on the server ×1' for the run summary."""
-    wanted = tuple(states)
-    by_state: dict[str, Counter[str]] = {state: Counter() for state in wanted}
+def tally_reasons(rows: Iterable[tuple[str, str | None]]) -> str:
+    """'3 failed: token refused (403) ×2, job failed on the server ×1' for the run summary (cells that were
+    refused before the service took them count as "not sent")."""
+    names = {"failed": "failed", "unknown": "unknown", "lost": "lost", "planned": "not sent", "accepted": "pending"}
+    by_state: dict[str, Counter[str]] = {state: Counter() for state in names}
     for state, reason in rows:
-        if state in by_state:
+        if state in by_state and (reason or state in ("failed", "unknown", "lost")):
             by_state[state][reason or "no reason recorded"] += 1
     parts = []
     for state, reasons in by_state.items():
         if reasons:
             listed = ", ".join(f"{reason} ×{n}" for reason, n in reasons.most_common())
-            parts.append(f"{sum(reasons.values())} {state}: {listed}")
+            parts.append(f"{sum(reasons.values())} {names[state]}: {listed}")
     return "; ".join(parts)
