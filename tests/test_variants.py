@@ -59,7 +59,9 @@ def _server(quirks: list[str], **kw) -> LocalServer:
 @pytest.mark.parametrize("quirk", COLLECTED)
 def test_a_sweep_collects_every_image_once(quirk, tmp_path):
     faults = Faults(retry_after=0.05)
-    with _server([quirk, "webp_output", "generic_content_type"] if quirk == "strict" else [quirk], faults=faults) as srv:
+    with _server(
+        [quirk, "webp_output", "generic_content_type"] if quirk == "strict" else [quirk], faults=faults
+    ) as srv:
         with Client(base_url=srv.base_url, retry=FAST) as client:
             result = client.run(SWEEP, tmp_path / "run", concurrency=3, progress=False, cache=False)
         accepted = srv.stats.accepted()
@@ -182,7 +184,9 @@ def test_cancelled_at_ctrl_c_and_the_same_command_finishes_the_sweep(quirk, tmp_
 def test_a_found_cancelled_job_is_sent_again_in_the_same_run(tmp_path):
     async def run_and_cancel_one(srv: LocalServer):
         async with AsyncClient(base_url=srv.base_url) as client:
-            task = asyncio.ensure_future(client.run(SWEEP, tmp_path / "run", concurrency=6, progress=False, cache=False))
+            task = asyncio.ensure_future(
+                client.run(SWEEP, tmp_path / "run", concurrency=6, progress=False, cache=False)
+            )
             while len(srv.stats.submissions) < len(SWEEP):
                 await asyncio.sleep(0.01)
             async with AsyncClient(base_url=srv.base_url) as other:  # someone cancels it (a dashboard, say)

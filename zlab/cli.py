@@ -237,6 +237,8 @@ def _run_interruptible(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
+            if presses:  # the run is over and recorded: a late press must not turn the exit into a traceback
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 

@@ -161,7 +161,14 @@ def check_budget(estimate_usd: float, budget: float | None, new_images: int) -> 
 def tally_reasons(rows: Iterable[tuple[str, str | None]]) -> str:
     """'3 failed: token refused (403) ×2, job failed on the server ×1' for the run summary (cells that were
     refused before the service took them count as "not sent")."""
-    names = {"failed": "failed", "unknown": "unknown", "lost": "lost", "planned": "not sent", "accepted": "pending"}
+    names = {
+        "failed": "failed",
+        "unknown": "unknown",
+        "lost": "lost",
+        "cancelled": "cancelled",
+        "planned": "not sent",
+        "accepted": "pending",
+    }
     by_state: dict[str, Counter[str]] = {state: Counter() for state in names}
     for state, reason in rows:
         if state in by_state and (reason or state in ("failed", "unknown", "lost")):

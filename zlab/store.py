@@ -269,10 +269,10 @@ class Cache:
         meta = self.root / f"{key}.json"
         try:
             info = json.loads(meta.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            image = self.root / str(info.get("file", ""))
+            return (image, info) if isinstance(info, dict) and image.is_file() else None
+        except (OSError, ValueError, AttributeError):  # a missing, unreadable or junk cache entry is a miss
             return None
-        image = self.root / info.get("file", "")
-        return (image, info) if image.is_file() else None
 
     def put(self, key: str, image: Path, info: Mapping[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
