@@ -125,7 +125,7 @@ def output_url(base: str, job: Job, quirks: Quirks) -> str:
     return f"{other}{seg1}/{seg2}/output/{_quoted(job.request_id)}_output.{ext}"
 
 
-def result_body(job: Job, base: str, quirks: Quirks = q.NO_QUIRKS) -> dict[str, Any]:
+def result_body(job: Job, base: str, quirks: Quirks = q.NO_QUIRKS, with_cost: bool = False) -> dict[str, Any]:
     """The /result answer: `succeeded` with the output URL, `failed` with an error, or the current state."""
     body: dict[str, Any] = {"request_id": job.request_id, "status": q.result_word(quirks, job.state)}
     if job.state == "succeeded":
@@ -136,10 +136,25 @@ def result_body(job: Job, base: str, quirks: Quirks = q.NO_QUIRKS) -> dict[str, 
         body["created_at"], body["finished_at"] = _iso(job.created_at), _iso(job.finished_at)
         if job.output is not None and job.output.info:  # a real backend says how it made the image
             body["backend"] = dict(job.output.info)
+        if with_cost and quirks.price is not None:
+            body["cost"], body["model_id"] = quirks.price, MODEL_ID
     elif job.state == "failed":
         default = q.STATUS_FAILED_ERROR if quirks.status_failed else "the synthetic backend failed this job (injected)"
         body["error"] = q.failure_error(quirks, job.error or default)
     return q.success(quirks, body)
+
+
+async def _model_info(request: HTTPRequest) -> Response:
+    """GET /v1/models/{id}: the model's price, as RunComfy's CLI reads it (only with the `price` quirk)."""
+    state = _state(request)
+    state.stats.count_call("price")
+    _authorize(request, state)
+    price = state.quirks.price
+    if request.path_params["model_id"] != MODEL_ID or price is None:
+        raise _Refused(error(404, 400001, "no price published for this model here"))
+    note = "zlab's local server: a made-up price for tests (quirk price=…)"
+    body = {"model_id": MODEL_ID, "base_price_usd": price, "price_unit": "image", "pricing_note": note}
+    return JSONResponse(q.success(state.quirks, body))
 
 
 def _state(request: HTTPRequest) -> ServerState:
@@ -324,7 +339,9 @@ async def _result(request: HTTPRequest) -> Response:
     early = q.not_ready(state.quirks, job.state)
     if early is not None:
         return _maybe_drop(state, fault, from_answer(early))
-    return _maybe_drop(state, fault, _json(state, "result", result_body(job, str(request.base_url), state.quirks)))
+    with_cost = request.query_params.get("include_cost", "").lower() == "true"
+    body = result_body(job, str(request.base_url), state.quirks, with_cost)
+    return _maybe_drop(state, fault, _json(state, "result", body))
 
 
 async def _cancel(request: HTTPRequest) -> Response:
@@ -455,6 +472,7 @@ def create_app(state: ServerState) -> Starlette:
     """The ASGI app for `state`; serve it with uvicorn (as `LocalServer` and `serve` do)."""
     routes = [
         Route("/v1/models/{model_id:path}", _submit, methods=["POST"]),
+        Route("/v1/models/{model_id:path}", _model_info, methods=["GET"]),
         Route("/v1/requests/{request_id}/status", _status, methods=["GET"]),
         Route("/v1/requests/{request_id}/result", _result, methods=["GET"]),
         Route("/v1/requests/{request_id}/cancel", _cancel, methods=["POST"]),

@@ -32,6 +32,8 @@ Names (VALUE after `=` where it takes one):
     html_503=P                 with probability P (default 0.1) a call answers 503 with an HTML page
     rate_limit=P | rate_limit_bare=P   429 with / without Retry-After (default P 0.1)
     other_users=LOAD           other users' jobs share the queue at LOAD × capacity (default 0.5)
+    price=USD                  the model's price per image on GET /v1/models/{id}, and `cost` on
+                               /result?include_cost=true (default 0.01; without it both are absent)
     seed=N                     seeds the quirks' own dice (default 0)
     strict                     the hardest plausible combination (see `STRICT`); a correct client
                                still finishes a sweep under it
@@ -83,6 +85,7 @@ _VALUED: dict[str, tuple[str, type, float | int | None]] = {  # name → (field,
     "rate_limit": ("rate_limit", float, 0.1),
     "rate_limit_bare": ("rate_limit_bare", float, 0.1),
     "other_users": ("other_users", float, 0.5),
+    "price": ("price", float, 0.01),
     "seed": ("seed", int, 0),
 }
 STRICT: tuple[str, ...] = (
@@ -130,6 +133,7 @@ class Quirks:
     rate_limit: float = 0.0
     rate_limit_bare: float = 0.0
     other_users: float = 0.0
+    price: float | None = None  # USD per image: GET /v1/models/{id} says so and /result reports `cost`
     seed: int = 0
     names: tuple[str, ...] = ()  # as given, for reprs and the server's start line
 
@@ -144,6 +148,8 @@ class Quirks:
             raise ConfigError(f"quirk balance_after is a number of jobs >= 0, not {self.balance_after}")
         if not 0 <= self.other_users < 10:
             raise ConfigError(f"quirk other_users is a load, a fraction of capacity (0 to 10), not {self.other_users}")
+        if self.price is not None and not 0 <= self.price < 1000:
+            raise ConfigError(f"quirk price is USD per image (0 to 1000), not {self.price}")
         if self.snap not in (1, 16, 32):
             raise ConfigError(f"Quirks.snap must be 1, 16 or 32, not {self.snap}")
         checks = (("position", PositionStyle), ("output", OutputShape), ("file_format", FileFormat))
