@@ -69,3 +69,23 @@ def test_ctrl_c_in_a_notebook_cancels_queued_jobs_and_keeps_the_run_resumable(tm
         assert sorted(j.state for j in srv.stats.jobs.values()).count("cancelled") == 4
         again = client.run(sweep, tmp_path / "run", concurrency=6, progress=False, cache=False)
     assert again.ok and len(srv.stats.submissions) == 6 + 4
+
+
+def test_the_notebook_path_ends_an_interrupted_run_with_its_result(tmp_path, capsys):
+    """What `Client.run` does in a kernel: Ctrl-C gives back the interrupted run (one summary), no traceback."""
+    from zlab import _loop
+
+    sweep = Sweep(Request("fox", loras=[LoRA("a/b", 1)], width=256, height=256), axes={"seed": list(range(6))})
+    with LocalServer(latency=2.0, capacity=2) as srv, Client(base_url=srv.base_url) as client:
+
+        def interrupt_when_all_submitted():
+            while len(srv.stats.submissions) < 6:
+                threading.Event().wait(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt_when_all_submitted, daemon=True).start()
+        coro = client.aclient.run(sweep, tmp_path / "run", concurrency=6, progress=False, cache=False,
+                                  on_interrupt="return")  # fmt: skip
+        result = _loop.run_sync(coro, result_on_interrupt=True)
+    assert result.interrupted and result.exit_code == 130 and result.counts == {"cancelled": 4, "pending": 2}
+    assert capsys.readouterr().err.count("(interrupted: rerun to resume)") == 1

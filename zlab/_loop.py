@@ -39,8 +39,11 @@ def loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` on the background loop and block until it finishes."""
+def run_sync(coro: Coroutine[Any, Any, T], *, result_on_interrupt: bool = False) -> T:
+    """Run `coro` on the background loop and block until it finishes.
+
+    On Ctrl-C the coroutine is cancelled and given CLEANUP_S to finish; then KeyboardInterrupt is raised,
+    unless `result_on_interrupt` and the coroutine ended with a result of its own (an interrupted run's)."""
     target = loop()
     try:
         running = asyncio.get_running_loop()
@@ -76,4 +79,6 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
         target.call_soon_threadsafe(cancel)
         finished.wait(CLEANUP_S)
+        if result_on_interrupt and future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
         raise

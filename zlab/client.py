@@ -264,7 +264,14 @@ class Client:
         return _loop.run_sync(self.aclient.generate(request, timeout=timeout))
 
     def run(self, sweep: Sweep, out: str | Path, **options: Any) -> RunResult:
-        return _loop.run_sync(self.aclient.run(sweep, out, **options))
+        """Run a sweep into a run directory (resumable); see `zlab.runner.run_sweep` for options.
+
+        In a notebook, Ctrl-C (the kernel's interrupt) ends with the run's one-line summary and returns the
+        interrupted result (`.interrupted`), with no traceback; elsewhere it raises KeyboardInterrupt."""
+        quiet = in_notebook()
+        if quiet:
+            options.setdefault("on_interrupt", "return")
+        return _loop.run_sync(self.aclient.run(sweep, out, **options), result_on_interrupt=quiet)
 
     def close(self) -> None:
         _loop.run_sync(self.aclient.aclose())
