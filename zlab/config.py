@@ -76,6 +76,7 @@ def resolve_settings(
     secret = check_token(raw_token) if raw_token is not None else None
     url = base_url if base_url is not None else (env.get("ZLAB_BASE_URL") or "").strip() or None
     per_mp = _price("ZLAB_PRICE_PER_MP", price_per_mp, env.get("ZLAB_PRICE_PER_MP"), DEFAULT_PRICE_PER_MP)
+    assert per_mp is not None  # it has a default
     per_image = _price("ZLAB_PRICE_PER_IMAGE", price_per_image, env.get("ZLAB_PRICE_PER_IMAGE"), None)
     if url == LOCAL or (url is None and secret is None):
         return Settings(base_url=None, token=secret, price_per_mp=per_mp, price_per_image=per_image)

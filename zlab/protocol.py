@@ -147,7 +147,7 @@ def parse_outcome(body: Any, request_id: str | None = None) -> Outcome:
     if not isinstance(body, dict) or "status" not in body:
         raise errors.ProtocolError(f"a result answer must carry a status; got {_excerpt(body)}")
     phase = parse_phase(body["status"], request_id)
-    times = {k: parse_time(body.get(k)) for k in ("created_at", "finished_at")}
+    created, finished = parse_time(body.get("created_at")), parse_time(body.get("finished_at"))
     backend = body.get("backend") if isinstance(body.get("backend"), dict) else None
     if phase in ("succeeded", "completed"):
         outputs = output_urls(body.get("output"))
@@ -155,12 +155,12 @@ def parse_outcome(body: Any, request_id: str | None = None) -> Outcome:
             raise errors.ProtocolError(
                 f"request {request_id} finished but its result holds no http(s) URL: {_excerpt(body.get('output'))}"
             )
-        return Outcome("succeeded", outputs, None, **times, cost_usd=parse_cost(body.get("cost")), backend=backend)
+        return Outcome("succeeded", outputs, None, created, finished, parse_cost(body.get("cost")), backend)
     if phase in ("queued", "running"):
         position = parse_position(body.get("queue_position")) if phase == "queued" else None
-        return Outcome(phase, **times, queue_position=position)
+        return Outcome(phase, created_at=created, finished_at=finished, queue_position=position)
     error = (body.get("error") or body.get("error_message") or "no reason given") if phase == "failed" else None
-    return Outcome(phase, (), error, **times, cost_usd=parse_cost(body.get("cost")))
+    return Outcome(phase, (), error, created, finished, parse_cost(body.get("cost")))
 
 
 def not_ready(request_id: str) -> Outcome:

@@ -30,7 +30,7 @@ from zlab import errors, jobs, runplan
 from zlab.polling import Track
 from zlab.pricing import final_cost
 from zlab.progress import Progress
-from zlab.request import Request
+from zlab.request import LoRA, Request
 from zlab.results import with_picks
 from zlab.runplan import Action, CellView, Next, Stop
 from zlab.sheet.thumbs import prime
@@ -261,10 +261,10 @@ def _view(run: RunDir, row: dict[str, Any], cache: Cache | None) -> CellView:
 def _orphan(row: dict[str, Any]) -> Cell | None:
     """A cell of an earlier sweep in this directory whose job was accepted: still collected, never dropped."""
     params = json.loads(row["params"])
-    loras = [
-        (params[f"lora{i}_path"], params[f"lora{i}_scale"]) for i in (1, 2, 3) if params.get(f"lora{i}_path")
-    ]
     try:
+        loras = [
+            LoRA(params[f"lora{i}_path"], params[f"lora{i}_scale"]) for i in (1, 2, 3) if params.get(f"lora{i}_path")
+        ]
         request = Request(params["prompt"], loras, params["width"], params["height"], params["seed"])
     except (errors.ValidationError, KeyError, TypeError):
         return None
