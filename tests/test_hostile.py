@@ -338,3 +338,11 @@ def test_an_interrupted_notebook_run_returns_its_result(tmp_path):
     assert result.interrupted and result.exit_code == 130
     assert json.loads((tmp_path / "run" / "sweep.json").read_text())["axes"]
     assert pd.read_parquet(tmp_path / "run" / "results.parquet").status.isin(["cancelled", "pending"]).all()
+
+
+def test_a_token_with_a_line_ending_is_scrubbed_from_reports_in_both_spellings():
+    from zlab.report.scrub import scrub_text, secret_values
+
+    secrets = secret_values({"RUNCOMFY_TOKEN": "tok-abcdef123\r\n"})
+    text = "printed tok-abcdef123 and 'tok-abcdef123\\r\\n' here"
+    assert "tok-abcdef123" not in scrub_text(text, secrets)

@@ -21,7 +21,10 @@ _MIN_SECRET_LEN = 6  # shorter values would scrub ordinary text; real tokens are
 
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
-    return [v for k in SECRET_ENV if len(v := env.get(k, "")) >= _MIN_SECRET_LEN]
+    raw = [env.get(k, "") for k in SECRET_ENV]
+    # zlab sends the token stripped (a token file may end in "\r\n"): scrub both spellings.
+    values = {v for r in raw for v in (r, r.strip())}
+    return sorted((v for v in values if len(v) >= _MIN_SECRET_LEN), key=len, reverse=True)
 
 
 def redact(value: Any, secrets: list[str]) -> Any:
