@@ -15,6 +15,7 @@ import time
 import pandas as pd
 import pytest
 from PIL import Image
+from waiting import wait_for
 
 from zlab.server import Faults, LocalServer
 
@@ -32,13 +33,6 @@ def start_run(tmp_path, server, *extra):
     env = {**os.environ, "ZLAB_BASE_URL": server.base_url}
     cmd = [sys.executable, "-m", "zlab.cli", "run", str(spec), "--out", str(tmp_path / "run"), "--no-cache", *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition was not reached in time"
-        time.sleep(0.005)
 
 
 def check_images(run_dir, df):

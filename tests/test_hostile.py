@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from waiting import wait_for
 
 from zlab import cli, errors
 from zlab.client import AsyncClient, Client
@@ -35,13 +36,6 @@ SPEC = "prompt: fox\nloras: [{path: a/b, scale: 1}]\nwidth: 256\nheight: 256\nax
 
 def run(client: Client, out: Path, sweep: Sweep = SWEEP, **kw):
     return client.run(sweep, out, progress=False, cache=kw.pop("cache", False), **kw)
-
-
-def wait_for(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition was not reached in time"
-        time.sleep(0.01)
 
 
 def start_run(tmp_path: Path, base_url: str, *extra: str) -> subprocess.Popen:

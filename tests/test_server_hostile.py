@@ -7,13 +7,13 @@ heals the same job: a client that gave up can collect it on a later run.
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
 import pytest
 from PIL import Image
+from waiting import wait_for
 
 from zlab.errors import ConfigError
 from zlab.request import MODEL_ID
@@ -22,16 +22,6 @@ from zlab.server.faults import file_expired, not_yet_visible, odd_request_id
 
 SUBMIT = f"/v1/models/{MODEL_ID}"
 SMALL = {"prompt": "a red fox", "width": 256, "height": 256, "seed": 5}
-
-
-def wait_for(check: Callable[[], object], timeout: float = 5.0) -> object:
-    """Poll `check` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
-    return value
 
 
 @pytest.fixture(scope="module")

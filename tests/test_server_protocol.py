@@ -11,12 +11,13 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 import pytest
 from PIL import Image
+from waiting import wait_for
 
 from zlab.errors import ConfigError
 from zlab.request import MODEL_ID, Request
@@ -26,18 +27,6 @@ SUBMIT = f"/v1/models/{MODEL_ID}"
 SMALL = {"prompt": "a red fox", "width": 256, "height": 320, "seed": 1}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,}$")
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
-
-
-def wait_for(check: Callable[[], object], timeout: float = 5.0) -> object:
-    """Poll `check` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
 
 
 def client(srv: LocalServer, token: str | None = "tok-a") -> httpx.Client:
@@ -279,7 +268,8 @@ def test_a_body_over_one_mebibyte_is_413(srv: LocalServer, api: httpx.Client) ->
 
 def test_unknown_paths_and_methods_answer_an_error_body(api: httpx.Client) -> None:
     assert api.get("/v2/whatever").json()["error_code"] == 404
-    assert api.get(SUBMIT).status_code == 405
+    assert api.delete(SUBMIT).status_code == 405
+    assert api.get(SUBMIT).json()["error_code"] == 400001  # GET is the price, published only with `price=…`
 
 
 def test_ids_expire_after_the_configured_age() -> None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from PIL import Image
+from waiting import wait_for
 
 from zlab.errors import ConfigError
 from zlab.request import MODEL_ID
@@ -26,16 +27,6 @@ from zlab.server.quirks import QUIRK_NAMES, STRICT, Quirks, decide_call
 SUBMIT = f"/v1/models/{MODEL_ID}"
 SMALL = {"prompt": "a red fox", "width": 256, "height": 320, "seed": 1}
 TOKEN = "tok-q"
-
-
-def wait_for(check: Callable[[], object], timeout: float = 5.0) -> object:
-    """Poll `check` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
-    return value
 
 
 def client(srv: LocalServer, token: str | None = TOKEN) -> httpx.Client:

@@ -13,10 +13,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
+from waiting import wait_for
 
 from zlab.errors import ConfigError
 from zlab.request import MODEL_ID
@@ -34,16 +34,6 @@ from zlab.server.regime import (
 
 SUBMIT = f"/v1/models/{MODEL_ID}"
 SMALL = {"prompt": "a red fox", "width": 256, "height": 256, "seed": 5}
-
-
-def wait_for(check: Callable[[], object], timeout: float = 5.0) -> object:
-    """Poll `check` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
-    return value
 
 
 def submit(api: httpx.Client, seed: int = 5) -> str:
