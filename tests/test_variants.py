@@ -6,6 +6,7 @@ collected and saved, each cell accepted at most once, no cell left pending, a bo
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pandas as pd
 import pytest
@@ -80,11 +81,14 @@ def test_a_sweep_collects_every_image_once(quirk, tmp_path):
             assert (image.width, image.height) == (row.image_width, row.image_height)
 
 
-@pytest.mark.parametrize("quirk", ["not_ready_400", "output_objects", "redirect_files", "webp_output", "strict"])
+@pytest.mark.parametrize("quirk", COLLECTED)
 def test_generate_under_each_variant(quirk):
-    with _server([quirk]) as srv, Client(base_url=srv.base_url, retry=FAST) as client:
-        gen = client.generate(BASE)
+    with _server([quirk], faults=Faults(retry_after=0.05)) as srv, Client(base_url=srv.base_url, retry=FAST) as c:
+        gen = c.generate(BASE)
+        assert srv.stats.file_auth == 0
     assert gen.image.size == (256, 256) and srv.stats.accepted() == {BASE.key: 1}
+    with Image.open(io.BytesIO(gen.data)) as served:
+        assert gen.suffix == {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}[served.format]
 
 
 def test_a_snapped_size_is_kept_with_its_real_size_and_a_note(tmp_path):

@@ -22,7 +22,6 @@ from zlab import _loop, errors, jobs
 from zlab.api import API, DEFAULT_TIMEOUT
 from zlab.config import Secret, Settings, is_loopback, resolve_settings
 from zlab.download import Downloader
-from zlab.follow import Signal
 from zlab.jobs import Generation, Job
 from zlab.polling import Pacer, Track
 from zlab.pricing import Pricing, resolve_pricing
@@ -61,7 +60,6 @@ class AsyncClient:
         )
         self.model = model
         self.pacer = Pacer()
-        self.signal = Signal()  # wakes every waiter of this client when an estimate changes
         self.cache_dir = cache_dir
         self._server: Any = None
         self._pricing: Pricing | None = None

@@ -28,7 +28,7 @@ from PIL import Image
 from zlab import errors
 from zlab.api import API
 from zlab.download import Downloader
-from zlab.follow import Signal, follow
+from zlab.follow import follow
 from zlab.polling import Pacer, Track
 from zlab.protocol import CancelOutcome, Outcome, Status
 from zlab.request import Request
@@ -116,7 +116,6 @@ async def wait(
     pacer: Pacer,
     *,
     deadline: float,
-    signal: Signal | None = None,
     grace_until: float | None = None,
 ) -> Outcome:
     """Follow a job until it ends; its /result Outcome (succeeded, failed or cancelled).
@@ -129,7 +128,7 @@ async def wait(
     watched = _Seen(api)
     while True:
         try:
-            return await follow(watched, request_id, track, pacer, deadline=deadline, signal=signal)  # type: ignore[arg-type]
+            return await follow(watched, request_id, track, pacer, deadline=deadline)  # type: ignore[arg-type]
         except errors.NotFoundError:
             now = time.monotonic()
             if watched.seen or now >= grace or now + NOT_FOUND_RETRY_S >= deadline:
@@ -240,8 +239,7 @@ class Job:
         """Wait until the job ends (adaptive polling); raise JobFailed / JobCancelled / WaitTimeout."""
         client = self._client
         deadline = time.monotonic() + timeout
-        outcome = await wait(client.api, self.request_id, self._track, client.pacer, deadline=deadline,
-                             signal=client.signal)  # fmt: skip
+        outcome = await wait(client.api, self.request_id, self._track, client.pacer, deadline=deadline)
         failure = failure_of(self.request_id, outcome)
         if failure is not None:
             raise failure

@@ -425,8 +425,9 @@ class _RunState:
         self._show(key, "queued")
         deadline = track.submitted + self.cell_timeout
         try:
-            outcome = await jobs.wait(self.api, request_id, track, self.client.pacer, deadline=deadline,
-                                      signal=self.client.signal, grace_until=grace_until)  # fmt: skip
+            outcome = await jobs.wait(
+                self.api, request_id, track, self.client.pacer, deadline=deadline, grace_until=grace_until
+            )
             if outcome.phase != "succeeded":
                 nxt = runplan.after_outcome(outcome.phase, outcome.error, resends)
                 self._apply(key, nxt, **_times(outcome, track))
