@@ -65,3 +65,11 @@ def test_the_local_server_publishes_a_price_only_when_asked():
         body = httpx.get(priced.base_url + url).json()
         assert (body["base_price_usd"], body["price_unit"]) == (0.02, "image")
         assert httpx.get(plain.base_url + url).status_code == 404
+
+
+def test_the_built_in_server_is_free_and_says_so(tmp_path):
+    lines: list[str] = []
+    with Client() as client:  # no token, no base URL: the built-in server
+        result = client.run(SWEEP, tmp_path / "run", progress=False, cache=False, echo=lines.append)
+    assert "the built-in server bills nothing" in lines[0] and result.estimate.cost_usd == 0
+    assert (result.df.cost_usd == 0).all()

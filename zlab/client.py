@@ -87,9 +87,10 @@ class AsyncClient:
     async def pricing(self) -> Pricing:
         """What an image costs here: the service's own price (`GET /v1/models/{id}`) when it answers,
         else ZLAB_PRICE_PER_IMAGE, else ZLAB_PRICE_PER_MP (a peer's per-megapixel price). Asked once."""
+        if self._pricing is None and self.builtin:
+            self._pricing = Pricing(0.0, None, "the built-in server bills nothing")
         if self._pricing is None:
-            service = None if self.builtin else await self.api.price(self.model)
-            self._pricing = resolve_pricing(service, self.settings)
+            self._pricing = resolve_pricing(await self.api.price(self.model), self.settings)
         return self._pricing
 
     def check_request(self, request: Request | dict[str, Any]) -> None:
