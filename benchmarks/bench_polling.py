@@ -79,7 +79,8 @@ def regimes(n: int = 64, capacity: int = 8, run_s: float = 0.5) -> list[Regime]:
                wall_target=1.2),
         Regime("cold first wave 10×", dataclasses.replace(base, cold_factor=10), {**srv, "cold_factor": 10}),
         Regime("size-dependent run time",
-               dataclasses.replace(base, base_s=run_s / 5, per_mp_s=run_s * 0.8, sizes=(0.262, 0.786, 1.049, 1.573)),
+               dataclasses.replace(base, base_s=run_s / 5, per_mp_s=run_s * 0.8, sizes=(0.262, 0.786, 1.049, 1.573),
+                                   grouped=True),
                {**srv, "latency": f"{run_s / 5:g}+{run_s * 0.8:g}/mp"},
                sizes=("512x512", "1024x768", "1024x1024", "1024x1536"), calls_target=4.5),
         Regime("1-based positions", dataclasses.replace(base, positions="1"), {**srv, "quirks": ["position_1based"]}),
@@ -210,7 +211,7 @@ def on_server(regs: list[Regime], n: int, naive: bool,
         for mode, conc in (("all queued", n), ("concurrency = capacity", reg.scenario.capacity)):
             sc = dataclasses.replace(reg.scenario, jobs=n, concurrency=None if conc == n else conc)
             best = statistics.fmean(ideal(dataclasses.replace(sc, seed=s)) for s in range(3 if _random(sc) else 1))
-            run_mean = statistics.fmean(sc.run_s(sc.sizes[i % len(sc.sizes)]) for i in range(n))
+            run_mean = statistics.fmean(sc.run_s(sc.size_of(i)) for i in range(n))
             for name in ("zlab", "fixed 0.25 s", "fixed 1 s"):
                 with tempfile.TemporaryDirectory(prefix="zlab-bench-poll-") as tmp, server(reg.server) as srv:
                     if name == "zlab":

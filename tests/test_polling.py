@@ -22,8 +22,15 @@ def finished_job(pacer: Pacer, sent: float, run: float, mp: float | None = None,
     pacer.register(track)
     pacer.saw(track, sent + 0.002, sent + 0.002 + seen_after, "running")
     created = EPOCH + sent + 0.001
-    pacer.saw(track, sent + run + 0.01, sent + run + 0.012, "succeeded", endpoint="result",
-              created=created, finished=created + run)
+    pacer.saw(
+        track,
+        sent + run + 0.01,
+        sent + run + 0.012,
+        "succeeded",
+        endpoint="result",
+        created=created,
+        finished=created + run,
+    )
     return track
 
 
@@ -127,13 +134,26 @@ def test_a_finish_of_the_callers_asks_the_frontier_soon_after():
     pacer.saw(running, 2.0, 2.001, "running")
     pacer.saw(queued, 2.0, 2.001, "queued", 0)
     assert pacer.plan(queued, 2.3).at > 2.3
-    woke = pacer.saw(running, 3.02, 3.022, "succeeded", endpoint="result", created=EPOCH + 2.001,
-                     finished=EPOCH + 3.001)
+    woke = pacer.saw(
+        running, 3.02, 3.022, "succeeded", endpoint="result", created=EPOCH + 2.001, finished=EPOCH + 3.001
+    )
     # Asked soon after the slot freed (at 3.001), once the burst of /result calls a finish brings is out.
     at = pacer.plan(queued, 3.023).at
     assert woke and 3.023 <= at <= 3.001 + 0.1 * 1.0 + 0.01
     pacer.saw(queued, at, at + 0.002, "running")
     assert queued.started == pytest.approx(3.001, abs=0.002)  # it took the slot that finish freed
+
+
+def test_an_earlier_job_stays_the_frontier_though_a_later_one_reads_a_lower_position():
+    """Read at different times, positions do not order jobs: first come, first served does."""
+    pacer = Pacer()
+    finished_job(pacer, 0.0, 1.0)
+    early, late = Track(2.0, sent=2.0), Track(5.0, sent=5.0)
+    pacer.register(early)
+    pacer.saw(early, 2.0, 2.001, "queued", 36)
+    pacer.register(late)
+    pacer.saw(late, 5.0, 5.001, "queued", 20)
+    assert pacer.frontier() is early
 
 
 def test_a_start_no_finish_explains_asks_the_next_job_at_once():
@@ -220,6 +240,7 @@ REGIMES = {
     "autoscaling 4→8→16": Scenario(capacity=4, capacity_steps=((2.0, 8), (4.0, 16))),
     "cold first wave 10×": Scenario(cold_factor=10),
     "size-dependent": Scenario(base_s=0.1, per_mp_s=0.4, sizes=(0.26, 0.79, 1.0, 1.57)),
+    "size-dependent, sizes in blocks": Scenario(base_s=0.1, per_mp_s=0.4, sizes=(0.26, 0.79, 1.0, 1.57), grouped=True),
     "1-based positions": Scenario(positions="1"),
     "no positions": Scenario(positions="missing"),
     "2 s jobs": Scenario(base_s=2.0),
@@ -232,6 +253,7 @@ ALL_QUEUED = {
     "autoscaling 4→8→16": (1.2, 4.0, 0.10),
     "cold first wave 10×": (1.15, 4.0, 0.10),
     "size-dependent": (1.15, 4.5, 0.10),
+    "size-dependent, sizes in blocks": (1.15, 4.5, 0.10),
     "1-based positions": (1.15, 4.0, 0.10),
     "no positions": (1.15, 4.0, 0.10),
     "2 s jobs": (1.15, 4.0, 0.10),
@@ -250,8 +272,9 @@ def test_all_queued_stays_near_the_ideal_with_few_calls(name, seed):
 
 
 @pytest.mark.parametrize("name", list(REGIMES))
-def test_concurrency_at_capacity_stays_within_a_quarter_of_the_ideal(name):
-    sc = dataclasses.replace(REGIMES[name], concurrency=REGIMES[name].capacity)
+@pytest.mark.parametrize("seed", [0, 3])
+def test_concurrency_at_capacity_stays_within_a_quarter_of_the_ideal(name, seed):
+    sc = dataclasses.replace(REGIMES[name], concurrency=REGIMES[name].capacity, seed=seed)
     got = simulate(sc)
     assert got.wall_s / ideal(sc) <= 1.25
     assert got.polls_per_image <= 6.5
@@ -263,6 +286,12 @@ def test_jitter_costs_calls_or_lag_but_stays_near_the_ideal():
     got = simulate(sc)
     assert got.wall_s / ideal(sc) <= 1.15
     assert got.polls_per_image <= 7 and got.lag_fraction <= 0.3
+
+
+def test_a_caller_that_does_not_say_when_it_sent_still_learns_the_clock():
+    sc = Scenario(other_load=0.5)
+    got = simulate(sc, sent_known=False)
+    assert got.wall_s / ideal(sc) <= 1.15 and got.polls_per_image <= 4.5 and got.lag_fraction <= 0.10
 
 
 def test_zlab_beats_a_fixed_quarter_second_poller_on_calls_and_lag():

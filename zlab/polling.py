@@ -141,6 +141,7 @@ class Pacer:
     zero_seen: bool = False  # a position 0 was read: positions count from 0
     min_position: int | None = None
     frontier_starts: int = 0
+    unexplained: collections.deque[bool] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=4))
     _classes: dict[float, _SizeClass] = dataclasses.field(default_factory=dict)
     _order: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
 
@@ -157,14 +158,15 @@ class Pacer:
         self.live.pop(id(track), None)
 
     def frontier(self) -> Track | None:
-        """The caller's first queued job: the lowest last-read position, then the earliest registered.
+        """The caller's first queued job: the queue is first come, first served, so the earliest submitted.
 
-        Positions only fall, so a job's stale position is never below a fresher one's ahead of it."""
+        (Not the lowest position: a job sent later may read a lower position later than an earlier
+        job last read its own, and would starve it.)"""
         return min((t for t in self.live.values() if t.phase == "queued"), key=self._rank, default=None)
 
     @staticmethod
-    def _rank(track: Track) -> tuple[int, int]:
-        return (track.position if track.position is not None else 1 << 62, track.order)
+    def _rank(track: Track) -> tuple[float, int]:
+        return (track.submitted, track.order)
 
     # -- learning -------------------------------------------------------------------------------
 
@@ -302,6 +304,7 @@ class Pacer:
             if track.position is not None and track.position_at is not None:
                 ahead = max(0, track.position - self.position_base) + 1
                 self.drain_pairs.append((ahead, max(received - track.position_at, 1e-3)))
+            self.unexplained.append(kicked is None)
             if kicked is None:
                 self.cascade = True  # no finish of ours freed its slot: more may have started
         if kicked is not None and low <= kicked <= received:
@@ -399,14 +402,22 @@ class Pacer:
         return min(max(expected, base + self.frontier_min * run), base + self.frontier_max * run)
 
     def _drain_rate(self, track: Track) -> float | None:
-        """Positions per second: between this job's last two reads, else recent frontier reads."""
+        """Positions per second: between this job's last two reads, else over recent frontier reads.
+
+        When the caller's own finishes explain the recent starts, the queue moves in bursts that the
+        finishes announce, so a still position means "wait" (the timer stretches to its maximum).
+        When other users' jobs move it, the average rate over recent reads paces the timer instead."""
+        dropped = sum(d for d, _ in self.drain_pairs)
+        spent = sum(s for _, s in self.drain_pairs)
+        average = dropped / spent if spent > 0 else None
+        own = None
         if track.previous_position is not None and track.position is not None and track.position_at is not None:
             at, was = track.previous_position
             if track.position_at - at > 1e-3:
-                return max(0.0, (was - track.position) / (track.position_at - at))
-        dropped = sum(d for d, _ in self.drain_pairs)
-        spent = sum(s for _, s in self.drain_pairs)
-        return dropped / spent if spent > 0 else None
+                own = max(0.0, (was - track.position) / (track.position_at - at))
+        if own is not None and (own > 0 or not any(self.unexplained)):
+            return own
+        return average if average is not None else own
 
     def _running_at(self, track: Track, est: Estimate | None) -> float:
         started = track.started if track.started is not None else track.submitted
@@ -419,12 +430,18 @@ class Pacer:
                 return max(started + self.first_probe_s, last + self.probe_ratio * ran)
             return max(started + 2 * self.first_probe_s, last + 2 * self.probe_ratio * ran)
         due = self._due(started, est.seconds)
-        if not est.confirmed and (self._is_scout(track) or track.early):
-            # The estimate may be a cold first wave's or another size's: probe towards it, and past it
-            # at growing intervals rather than close follow-ups.
-            probe = max(started + self.first_probe_s, last + self.probe_ratio * ran)
-            return probe if last >= due or track.early else min(probe, due)
-        if not track.early:
+        if not est.confirmed:
+            # The estimate may be a cold first wave's or another size's. One job (the scout) probes
+            # towards it and follows up closely past it; the rest wait for it (its finish wakes them),
+            # asking only sparsely once past their own due.
+            scout = self._is_scout(track)
+            if last < due:
+                return min(max(started + self.first_probe_s, last + self.probe_ratio * ran), due) if scout else due
+            if not scout:
+                return last + 2 * self.probe_ratio * ran
+            if not track.early:
+                return due
+        elif not track.early:
             return due
         gap = self.follow_first * est.seconds * self.follow_growth ** (track.early - 1)
         gap = min(gap, self.follow_cap * max(last - started, est.seconds))

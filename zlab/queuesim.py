@@ -48,6 +48,7 @@ class Scenario:
     base_s: float = 0.5
     per_mp_s: float = 0.0
     sizes: tuple[float, ...] = (1.0,)
+    grouped: bool = False  # sizes in blocks (a sweep whose size axis comes first), else interleaved
     jitter: float = 0.0
     cold_factor: float = 1.0
     capacity_steps: tuple[tuple[float, int], ...] = ()
@@ -57,6 +58,11 @@ class Scenario:
     rtt_s: float = 0.004
     submit_gap_s: float = 0.002
     seed: int = 0
+
+    def size_of(self, i: int) -> float:
+        """Megapixels of the caller's i-th job."""
+        n = len(self.sizes)
+        return self.sizes[i * n // self.jobs] if self.grouped else self.sizes[i % n]
 
     def run_s(self, mp: float) -> float:
         return self.base_s + self.per_mp_s * mp
@@ -116,7 +122,7 @@ class _Sim:
         self.started_count = 0
         self.calls: collections.Counter[str] = collections.Counter()
         rng = random.Random(sc.seed)
-        self.ours = [self._draw(rng, sc.sizes[i % len(sc.sizes)], True) for i in range(sc.jobs)]
+        self.ours = [self._draw(rng, sc.size_of(i), True) for i in range(sc.jobs)]
         if sc.other_load > 0:
             other = sc.run_s(1.0)
             rate = sc.other_load * sc.capacity / other
@@ -237,7 +243,7 @@ def simulate(
     if len(noticed) != sc.jobs:
         raise RuntimeError(f"{client}: only {len(noticed)} of {sc.jobs} jobs were noticed finished")
     lags = tuple(noticed[i] - (sim.ours[i].finished or 0.0) for i in sorted(noticed))
-    mean_run = statistics.fmean(sc.run_s(sc.sizes[i % len(sc.sizes)]) for i in range(sc.jobs))
+    mean_run = statistics.fmean(sc.run_s(sc.size_of(i)) for i in range(sc.jobs))
     return Result(max(noticed.values(), default=0.0), dict(sim.calls), lags, mean_run)
 
 
