@@ -141,7 +141,6 @@ class Pacer:
     zero_seen: bool = False  # a position 0 was read: positions count from 0
     min_position: int | None = None
     frontier_starts: int = 0
-    unexplained: collections.deque[bool] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=4))
     _classes: dict[float, _SizeClass] = dataclasses.field(default_factory=dict)
     _order: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
 
@@ -304,7 +303,6 @@ class Pacer:
             if track.position is not None and track.position_at is not None:
                 ahead = max(0, track.position - self.position_base) + 1
                 self.drain_pairs.append((ahead, max(received - track.position_at, 1e-3)))
-            self.unexplained.append(kicked is None)
             if kicked is None:
                 self.cascade = True  # no finish of ours freed its slot: more may have started
         if kicked is not None and low <= kicked <= received:
@@ -404,20 +402,15 @@ class Pacer:
     def _drain_rate(self, track: Track) -> float | None:
         """Positions per second: between this job's last two reads, else over recent frontier reads.
 
-        When the caller's own finishes explain the recent starts, the queue moves in bursts that the
-        finishes announce, so a still position means "wait" (the timer stretches to its maximum).
-        When other users' jobs move it, the average rate over recent reads paces the timer instead."""
-        dropped = sum(d for d, _ in self.drain_pairs)
-        spent = sum(s for _, s in self.drain_pairs)
-        average = dropped / spent if spent > 0 else None
-        own = None
+        The queue often moves in bursts (a wave of finishes), so a position that did not move since
+        the last read means "not soon": the timer stretches to its maximum rather than averaging."""
         if track.previous_position is not None and track.position is not None and track.position_at is not None:
             at, was = track.previous_position
             if track.position_at - at > 1e-3:
-                own = max(0.0, (was - track.position) / (track.position_at - at))
-        if own is not None and (own > 0 or not any(self.unexplained)):
-            return own
-        return average if average is not None else own
+                return max(0.0, (was - track.position) / (track.position_at - at))
+        dropped = sum(d for d, _ in self.drain_pairs)
+        spent = sum(s for _, s in self.drain_pairs)
+        return dropped / spent if spent > 0 else None
 
     def _running_at(self, track: Track, est: Estimate | None) -> float:
         started = track.started if track.started is not None else track.submitted
