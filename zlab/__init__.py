@@ -25,7 +25,7 @@ _LAZY = {
     "Generation": "zlab.jobs",
     "Job": "zlab.jobs",
     "Sweep": "zlab.sweep",
-    "RunResult": "zlab.runner",
+    "RunResult": "zlab.runresult",
     "LocalServer": "zlab.server",
     "Faults": "zlab.server",
     "ContactSheet": "zlab.sheet",
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from zlab.display import thumbnail_table
     from zlab.jobs import Generation, Job
     from zlab.report import Report, report
-    from zlab.runner import RunResult
+    from zlab.runresult import RunResult
     from zlab.server import Faults, LocalServer
     from zlab.sheet import ContactSheet, StrengthCurve, contact_sheet, read_sheet, strength_curve
     from zlab.sweep import Sweep

@@ -30,7 +30,7 @@ from zlab.request import MODEL_ID, Request, is_local_path
 from zlab.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from zlab.runner import RunResult
+    from zlab.runresult import RunResult
     from zlab.sweep import Sweep
 
 
