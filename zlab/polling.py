@@ -377,7 +377,7 @@ class Pacer:
             if self.frontier() is not track:
                 last = track.last_poll if track.last_poll is not None else now
                 return Poll(max(now, last + self.stale_s), "status")
-            return Poll(max(now, self._frontier_at(track, est)), "status")
+            return Poll(max(now, self._frontier_at(track, self._draining())), "status")
         return Poll(max(now, self._running_at(track, est)), "result")
 
     def _frontier_at(self, track: Track, est: Estimate | None) -> float:
@@ -398,6 +398,20 @@ class Pacer:
             ahead = max(0, track.position - self.position_base) + 1
             expected = track.position_at + ahead / rate if rate > 0 else math.inf
         return min(max(expected, base + self.frontier_min * run), base + self.frontier_max * run)
+
+    def _draining(self) -> Estimate | None:
+        """The run time that paces the queue: the median over the caller's running jobs (whatever their
+        size: they free the slots), else over every size seen."""
+        running = [e for t in self.live.values() if t.phase == "running" and (e := self.estimate(t.megapixels))]
+        if not running:
+            running = [
+                Estimate(_from_bounds(c.bounds, self.intersect_min), c.confirmed)
+                for c in self._classes.values()
+                if c.bounds
+            ]
+        if not running:
+            return None
+        return Estimate(statistics.median(e.seconds for e in running), all(e.confirmed for e in running))
 
     def _drain_rate(self, track: Track) -> float | None:
         """Positions per second: between this job's last two reads, else over recent frontier reads.
@@ -480,14 +494,18 @@ def _from_bounds(bounds: Iterable[Bound], intersect_min: int) -> float:
 
 
 def _extrapolate(known: list[tuple[float, float]], key: float) -> float:
-    """A run time for an unseen size: linear in megapixels through the known sizes (least squares)."""
+    """A run time for an unseen size, on the long side: a guess too short costs every job of that size
+    early answers, one too long only delays them until the size's scout finishes and wakes them.
+    Linear in megapixels through the known sizes (proportional with one), and never below a smaller
+    known size's."""
     sized = [(k, v) for k, v in known if k != _ANY_SIZE]
     if key == _ANY_SIZE or not sized:
         return statistics.median(v for _, v in known)
     if len({k for k, _ in sized}) == 1:
-        return sized[0][1]
+        size, seconds = sized[0]
+        return seconds * max(1.0, key / size)
     mean_x = statistics.fmean(k for k, _ in sized)
     mean_y = statistics.fmean(v for _, v in sized)
     slope = sum((k - mean_x) * (v - mean_y) for k, v in sized) / sum((k - mean_x) ** 2 for k, _ in sized)
-    lowest = min(v for _, v in sized)
-    return max(lowest * 0.25, mean_y + slope * (key - mean_x))
+    floor = max((v for k, v in sized if k <= key), default=min(v for _, v in sized) * 0.25)
+    return max(floor, mean_y + slope * (key - mean_x))
