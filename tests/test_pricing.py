@@ -73,3 +73,13 @@ def test_the_built_in_server_is_free_and_says_so(tmp_path):
         result = client.run(SWEEP, tmp_path / "run", progress=False, cache=False, echo=lines.append)
     assert "the built-in server bills nothing" in lines[0] and result.estimate.cost_usd == 0
     assert (result.df.cost_usd == 0).all()
+
+
+def test_a_finished_sweep_rerun_by_a_fresh_client_asks_nothing_not_even_the_price(tmp_path):
+    with LocalServer(latency=0.02, quirks=["price=0.01"]) as srv:
+        with Client(base_url=srv.base_url) as client:
+            client.run(SWEEP, tmp_path / "run", progress=False, cache=False)
+        calls = dict(srv.stats.calls)
+        with Client(base_url=srv.base_url) as fresh:
+            again = fresh.run(SWEEP, tmp_path / "run", progress=False, cache=False)
+        assert again.ok and srv.stats.calls == calls and (again.df.cost_usd == 0.01).all()

@@ -88,12 +88,12 @@ async def run_sweep(
         raise errors.ValidationError("cell_timeout", cell_timeout, "a number of seconds > 0")
     runplan.check_budget(0.0, budget, 0)  # a budget that is no number fails here, before anything
     started = time.monotonic()
-    pricing = await client.pricing()
     seconds = getattr(client.pacer, "run_s", None) or SECONDS_PER_IMAGE
     if dry_run:
-        estimate = sweep.estimate(concurrency, pricing=pricing, seconds_per_image=seconds)
-        say(f"zlab: plan: {estimate} at {pricing} (dry run: nothing sent)")
-        plan = sweep.plan(concurrency, pricing=pricing).assign(status="planned")
+        price = await client.pricing()
+        estimate = sweep.estimate(concurrency, pricing=price, seconds_per_image=seconds)
+        say(f"zlab: plan: {estimate} at {price} (dry run: nothing sent)")
+        plan = sweep.plan(concurrency, pricing=price).assign(status="planned")
         return RunResult(plan, Path(out), {"planned": len(plan)}, 0.0, estimate, {})
 
     run = RunDir(out, wait_s=wait)
@@ -101,7 +101,7 @@ async def run_sweep(
         sweep = _seeded(run, sweep)
         cells = sweep.cells()
         ledger = run.ledger
-        ledger.add((c.key, c.index, c.row(), pricing.cost(c.request)) for c in cells)
+        ledger.add((c.key, c.index, c.row(), None) for c in cells)  # costs below, once the price is known
         if recovered := ledger.recover():
             say(f"zlab: {recovered} cell(s) were being submitted when the last run stopped; their outcome is unknown")
         with contextlib.suppress(OSError):  # for people only; resume does not need it
@@ -119,6 +119,11 @@ async def run_sweep(
         orphans = [_orphan(row) for row in rows.values() if row["key"] not in keys and row["status"] == "accepted"]
         collectable = [c for c in orphans if c is not None and rows[c.key]["origin"] == client.identity]
         to_send = [c for c in cells if actions[c.key] == "send"]
+        unpriced = [c for c in cells if rows[c.key]["cost_usd"] is None]
+        # The price is asked only when something is new or to be sent: a finished sweep's rerun sends nothing.
+        pricing = await client.pricing() if to_send or unpriced else None
+        if pricing is not None and unpriced:
+            ledger.set_costs((c.key, pricing.cost(c.request)) for c in unpriced)
         estimate = sweep.estimate(concurrency, pricing=pricing, seconds_per_image=seconds, cells=to_send)
         runplan.check_budget(estimate.cost_usd, budget, len(to_send))
         tally = collections.Counter(actions.values())
@@ -126,7 +131,8 @@ async def run_sweep(
             f"zlab: plan: {len(cells)} cells, {tally['done']} already done, {tally['reuse']} found in the run "
             f"directory, {tally['cache']} from the cache, {tally['collect']} to collect"
             + (f", {tally['hold'] + tally['elsewhere']} held" if tally["hold"] + tally["elsewhere"] else "")
-            + f", to send: {estimate} at {pricing}"
+            + f", to send: {estimate}"
+            + (f" at {pricing}" if pricing is not None and to_send else "")
         )
         calls_before = collections.Counter(client.api.calls)
         state = _RunState(client, run, sweep, concurrency, cell_timeout, shared)

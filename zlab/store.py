@@ -99,13 +99,17 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
-    def add(self, rows: Iterable[tuple[str, int, Mapping[str, Any], float]]) -> None:
+    def add(self, rows: Iterable[tuple[str, int, Mapping[str, Any], float | None]]) -> None:
         """Record planned cells (key, index, params, cost); existing cells keep their state."""
         self._db.executemany(
             "INSERT INTO cells (key, idx, params, status, cost_usd, updated) VALUES (?, ?, ?, 'planned', ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET idx = excluded.idx",
             [(k, i, json.dumps(p, default=str), c, time.time()) for k, i, p, c in rows],
         )
+
+    def set_costs(self, costs: Iterable[tuple[str, float]]) -> None:
+        """Record each cell's estimated cost (cells added before the price was known)."""
+        self._db.executemany("UPDATE cells SET cost_usd = ? WHERE key = ?", [(c, k) for k, c in costs])
 
     def update(self, key: str, **fields: Any) -> None:
         fields["updated"] = time.time()
