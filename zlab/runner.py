@@ -88,7 +88,8 @@ async def run_sweep(
         raise errors.ValidationError("cell_timeout", cell_timeout, "a number of seconds > 0")
     runplan.check_budget(0.0, budget, 0)  # a budget that is no number fails here, before anything
     started = time.monotonic()
-    seconds = getattr(client.pacer, "run_s", None) or SECONDS_PER_IMAGE
+    learned = client.pacer.estimate(sweep.base.megapixels)  # what this client has seen, else a working guess
+    seconds = learned.seconds if learned is not None else SECONDS_PER_IMAGE
     if dry_run:
         price = await client.pricing()
         estimate = sweep.estimate(concurrency, pricing=price, seconds_per_image=seconds)
@@ -107,7 +108,7 @@ async def run_sweep(
         with contextlib.suppress(OSError):  # for people only; resume does not need it
             run.write_spec(sweep.to_dict())
         rows = {row["key"]: row for row in ledger.rows()}
-        shared = _open_cache(client, cache, say)
+        shared = _open_cache(client, cache)
         actions = {
             c.key: runplan.decide(
                 _view(run, rows[c.key], shared), identity=client.identity, retry_unknown=retry_unknown,
@@ -236,7 +237,7 @@ def _notes(
     return notes
 
 
-def _open_cache(client: AsyncClient, cache: bool | str | Path, say: Callable[[str], None]) -> Cache | None:
+def _open_cache(client: AsyncClient, cache: bool | str | Path) -> Cache | None:
     if cache is False:
         return None
     root = default_cache_dir() if cache is True else Path(cache)
