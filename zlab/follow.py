@@ -63,8 +63,6 @@ async def follow(
     pacer: Pacer,
     *,
     deadline: float,
-    running_starts: object = None,
-    signal: Signal | None = None,
 ) -> Outcome:
     """Poll until the job ends; return its terminal /result outcome (succeeded, failed or cancelled).
 
@@ -72,11 +70,7 @@ async def follow(
     `megapixels` when known: they sharpen the clock mapping and the run-time estimate); `pacer` is
     the client's shared planner, which keeps `track` among its live jobs while this runs. Raises
     `WaitTimeout` at the monotonic `deadline`; API errors propagate.
-
-    `running_starts` and `signal` are accepted and ignored while callers move to this signature: the
-    pacer now knows the caller's live jobs, and its waiters share one signal.
     """
-    del running_starts, signal
     signal = signal_for(pacer)
     pacer.register(track)
     try:
