@@ -126,9 +126,7 @@ class API:
 
     async def cancel(self, request_id: str) -> protocol.CancelOutcome:
         """Ask to cancel; `cancelled`, `not_cancellable`, or `unknown` (e.g. an empty 202: ask /status)."""
-        body = await self._call(
-            "cancel", "POST", self._url(request_id, "cancel"), request_id=request_id, empty_ok=True
-        )
+        body = await self._call("cancel", "POST", self._url(request_id, "cancel"), request_id=request_id, empty_ok=True)
         return protocol.parse_cancel(body)
 
     async def price(self, model: str) -> protocol.Price | None:

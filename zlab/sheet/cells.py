@@ -20,8 +20,10 @@ from zlab.errors import ValidationError
 from zlab.sheet.layout import axis_label, format_value
 
 BOOKKEEPING = frozenset(
-    {"key", "status", "error", "request_id", "image_path", "image_url", "cost_usd", "base_url", "cached", "megapixels",
-     "cost_source", "image_width", "image_height", "note", "reason", "favourite", "rating"}
+    {
+        *("key", "status", "error", "request_id", "image_path", "image_url", "cost_usd", "base_url", "cached"),
+        *("megapixels", "cost_source", "image_width", "image_height", "note", "reason", "favourite", "rating"),
+    }
 )
 
 
