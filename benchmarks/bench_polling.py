@@ -31,10 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench_sweep import PROMPT, RecordingTransport, _fixed, lags, run_naive
+from bench_sweep import PROMPT, RecordingTransport, ServerProcess, _fixed, lags, run_naive
 
 from zlab import AsyncClient, Request, Sweep
 from zlab.queuesim import Scenario, ideal, simulate
@@ -132,58 +130,11 @@ def simulated(regs: list[Regime], seeds: int, say: Callable[[str], None] = print
     return out
 
 
-_SERVER = r"""
-import json, sys
-from zlab.server import LocalServer
-srv = LocalServer(**json.loads(sys.argv[1])).start()
-print(json.dumps({"url": srv.base_url}), flush=True)
-for line in sys.stdin:
-    if line.strip() == "jobs":
-        print(json.dumps({rid: [j.state, j.finished_mono] for rid, j in srv.stats.jobs.items()}), flush=True)
-    elif line.strip() == "quit":
-        break
-srv.stop()
-"""
-
-
-class Server:
-    """The local server in its own process with `kwargs`; `jobs()` reads its records over a pipe."""
-
-    def __init__(self, kwargs: dict[str, Any]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, json.dumps(kwargs)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the local server did not start with {kwargs}")
-        self.url: str = json.loads(line)["url"]
-
-    def jobs(self) -> dict[str, tuple[str, float | None]]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("jobs\n")
-        self.proc.stdin.flush()
-        return {rid: (s, m) for rid, (s, m) in json.loads(self.proc.stdout.readline()).items()}
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @contextlib.contextmanager
-def server(kwargs: dict[str, Any]) -> Iterator[Server]:
-    srv = Server(kwargs)
-    try:
+def server(kwargs: dict[str, Any]) -> Iterator[ServerProcess]:
+    """The local server in its own process, switched into a regime by `kwargs` (LocalServer's)."""
+    with ServerProcess(**kwargs) as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 def sweep_for(reg: Regime, n: int) -> Sweep:
@@ -235,7 +186,7 @@ def on_server(regs: list[Regime], n: int, naive: bool,
     return out
 
 
-def _fixed_run(srv: Server, payloads: list[dict[str, Any]], out: Path, interval: float,
+def _fixed_run(srv: ServerProcess, payloads: list[dict[str, Any]], out: Path, interval: float,
                cap: int) -> tuple[float, RecordingTransport]:
     transport = RecordingTransport()
     t0 = time.perf_counter()

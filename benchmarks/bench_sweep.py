@@ -43,7 +43,7 @@ from zlab.request import MODEL_ID
 _SERVER = r"""
 import json, sys
 from zlab.server import LocalServer
-srv = LocalServer(latency=float(sys.argv[1]), capacity=int(sys.argv[2])).start()
+srv = LocalServer(**json.loads(sys.argv[1])).start()
 print(json.dumps({"url": srv.base_url}), flush=True)
 for line in sys.stdin:
     command = line.strip()
@@ -61,16 +61,18 @@ PROMPT = "t3chnic4lly vibrant 1960s close-up of a woman sitting under a tree, be
 class ServerProcess:
     """The local server in its own process; `jobs()` reads its job records over a pipe."""
 
-    def __init__(self, latency: float, capacity: int) -> None:
+    def __init__(self, latency: float = 0.0, capacity: int | str = 4, **settings: Any) -> None:
+        """`settings`: any other `LocalServer` keyword (quirks, queue regimes), as JSON."""
         self.latency, self.capacity = latency, capacity
+        kwargs = {"latency": latency, "capacity": capacity, **settings}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, str(latency), str(capacity)],
+            [sys.executable, "-c", _SERVER, json.dumps(kwargs)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError("the benchmark's local server process did not start")
+            raise RuntimeError(f"the benchmark's local server process did not start with {kwargs}")
         self.url: str = json.loads(line)["url"]
 
     def jobs(self) -> dict[str, tuple[str, float | None]]:
