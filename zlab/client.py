@@ -129,10 +129,9 @@ class AsyncClient:
             raise errors.ConfigError(f"ZLAB_BACKEND={backend!r} is not one of synthetic, diffusers")
         self._server = LocalServer(latency=latency, capacity=capacity, renderer=renderer)
         self._server.start()
-        print(
+        _say(
             f"zlab: no RUNCOMFY_TOKEN set; using the built-in local server at {self._server.base_url} "
-            f"({images}, nothing is billed)",
-            file=sys.stderr,
+            f"({images}, nothing is billed)"
         )
         return str(self._server.base_url)
 
