@@ -261,6 +261,10 @@ class Client:
     def generate(self, request: Request | dict[str, Any], *, timeout: float = 600.0) -> Generation:
         return _loop.run_sync(self.aclient.generate(request, timeout=timeout))
 
+    def pricing(self) -> Pricing:
+        """What an image costs here (see `AsyncClient.pricing`): pass it to `Sweep.plan(pricing=…)`."""
+        return _loop.run_sync(self.aclient.pricing())
+
     def run(self, sweep: Sweep, out: str | Path, **options: Any) -> RunResult:
         """Run a sweep into a run directory (resumable); see `zlab.runner.run_sweep` for options.
 
