@@ -13,7 +13,7 @@
 All use 8 steps, guidance 0 and the same seeds; each contender starts with nothing cached, and the rounds
 alternate so that a busy machine slows all of them alike (the median round is shown). Beside the wall time:
 how often the text encoder ran and how long it took, and how many adapter loads there were and how long
-loading and unloading took. By default the pipeline is the tiny random Z-Image (`zlab.server.tiny_zimage`),
+loading and unloading took. By default the pipeline is the tiny random Z-Image (`zlab.testing.tiny_zimage`),
 whose denoising is cheap, so those two columns are the figures that carry over to the real model (where
 one text-encoder pass and one LoRA load each cost about as much as several denoising steps); `--model`
 runs the real Z-Image Turbo from a local folder (on a GPU).
@@ -35,11 +35,11 @@ from typing import Any
 
 import httpx
 
-from zlab.request import MODEL_ID, LoRA, Request
+from zlab.core.request import MODEL_ID, LoRA, Request
 from zlab.server import LocalServer
 from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings, load_renderer
 from zlab.server.loras import LoraFiles
-from zlab.server.tiny_zimage import random_lora, save_lora, tiny_pipeline
+from zlab.testing.tiny_zimage import random_lora, save_lora, tiny_pipeline
 
 PROMPT = "t3chnic4lly vibrant 1960s close-up of a woman sitting under a tree"
 Sweep = list[tuple[float, int]]  # (scale, seed) per image

@@ -7,7 +7,7 @@ run time (0.1 s + 0.4 s/MP over four sizes); 1-based queue positions; 2 s jobs; 
 
 Two stands, both reported:
 
-* **simulated** (`zlab.queuesim`): a discrete-event queue with 4 ms round trips; every contender
+* **simulated** (`zlab.testing.queuesim`): a discrete-event queue with 4 ms round trips; every contender
   sees the same draws (run times, other users' arrivals), so differences are the pollers' alone.
   The ideal is the makespan of the same jobs with a client that notices every finish at once and
   resubmits at once. Cheap: every regime, every contender, several seeds.
@@ -43,7 +43,7 @@ from typing import Any
 from bench_sweep import PROMPT, RecordingTransport, ServerProcess, _fixed, lags, run_naive
 
 from zlab import AsyncClient, Request, Sweep
-from zlab.queuesim import Scenario, ideal, simulate
+from zlab.testing.queuesim import Scenario, ideal, simulate
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from zlab import AsyncClient, Request, Sweep
-from zlab.request import MODEL_ID
+from zlab.core.request import MODEL_ID
 
 _SERVER = r"""
 import json, sys

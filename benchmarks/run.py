@@ -167,7 +167,7 @@ def regime_section(polling: dict[str, Any]) -> tuple[list[dict[str, Any]], list[
     md = ["", "## Polling under every queue regime (section 7)", "",
           "Each cell: wall time as a multiple of the ideal · status+result calls per image · median detection lag "
           "(ms, % of the run time). Method: [bench_polling.py](bench_polling.py).", "",
-          "### Simulated (`zlab.queuesim`, 64 cells, 8 slots, 0.5 s jobs; means over seeds where random)", "",
+          "### Simulated (`zlab.testing.queuesim`, 64 cells, 8 slots, 0.5 s jobs; means over seeds where random)", "",
           *polling["simulated"]]
     if polling["server"]:
         md += ["", f"### Local server ({polling['cells']} cells, the server in its own process)", "",

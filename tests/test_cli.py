@@ -12,9 +12,9 @@ from PIL import Image
 
 from zlab import cli, errors
 from zlab.client import Client
-from zlab.request import LoRA, Request
+from zlab.core.request import LoRA, Request
+from zlab.runs.sweep import Sweep
 from zlab.server import LocalServer
-from zlab.sweep import Sweep
 
 
 def test_generate_writes_the_image(server, tmp_path, monkeypatch, capsys):
@@ -73,7 +73,7 @@ def test_ctrl_c_in_a_notebook_cancels_queued_jobs_and_keeps_the_run_resumable(tm
 
 def test_the_notebook_path_ends_an_interrupted_run_with_its_result(tmp_path, capsys):
     """What `Client.run` does in a kernel: Ctrl-C gives back the interrupted run (one summary), no traceback."""
-    from zlab import _loop
+    from zlab.api import loop as _loop
 
     sweep = Sweep(Request("fox", loras=[LoRA("a/b", 1)], width=256, height=256), axes={"seed": list(range(6))})
     with LocalServer(latency=2.0, capacity=2) as srv, Client(base_url=srv.base_url) as client:

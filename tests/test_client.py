@@ -9,11 +9,11 @@ import time
 import httpx
 import pytest
 
-import zlab
 from zlab import errors
 from zlab.client import AsyncClient, Client
-from zlab.config import RUNCOMFY_BASE_URL, resolve_settings
-from zlab.request import LoRA, Request
+from zlab.core.config import RUNCOMFY_BASE_URL, resolve_settings
+from zlab.core.request import LoRA, Request
+from zlab.core.retry import RetryPolicy
 from zlab.server import Faults, LocalServer
 
 SMALL = Request("t3chnic4lly a fox", loras=[LoRA("a/b", 0.7)], width=256, height=384, seed=3)
@@ -116,7 +116,7 @@ def test_failed_job_raises_with_its_request_id():
 )
 def test_generations_complete_through_faults_and_no_submit_is_accepted_twice(faults):
     with LocalServer(latency=0.02, capacity=4, faults=faults) as srv:
-        with Client(base_url=srv.base_url, retry=zlab.retry.RetryPolicy(base_s=0.01, rate_limit_default_s=0.05)) as c:
+        with Client(base_url=srv.base_url, retry=RetryPolicy(base_s=0.01, rate_limit_default_s=0.05)) as c:
             gens = [c.generate(SMALL.replace(seed=s)) for s in range(6)]
         assert all(g.image.size == (256, 384) for g in gens)
         assert set(srv.stats.accepted().values()) == {1}

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from zlab import errors
-from zlab.follow import follow
-from zlab.polling import Pacer, Track
-from zlab.protocol import Outcome, Status
+from zlab.api.follow import follow
+from zlab.core.polling import Pacer, Track
+from zlab.core.protocol import Outcome, Status
 
 
 class ScriptedAPI:

@@ -13,12 +13,12 @@ from PIL import Image
 
 from zlab.client import Client
 from zlab.errors import ValidationError
-from zlab.fallback import LIVE_CLASS, static_bundle, widget_bundle
-from zlab.frontend import Form, LoraRow, build_sweep
-from zlab.gallery import GalleryModel, request_of
-from zlab.results import load_results, read_picks, set_pick, varying_columns, with_picks
+from zlab.runs.tables import load_results, read_picks, set_pick, varying_columns, with_picks
 from zlab.server import LocalServer
-from zlab.widgets import Gallery
+from zlab.views.builder_model import Form, LoraRow, build_sweep
+from zlab.views.fallback import LIVE_CLASS, static_bundle, widget_bundle
+from zlab.views.gallery_model import GalleryModel, request_of
+from zlab.views.widgets import Gallery
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

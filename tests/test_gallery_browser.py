@@ -18,13 +18,13 @@ import pytest
 from jlab import JupyterLab, launch_chromium, missing, notebook
 
 from zlab.client import Client
-from zlab.frontend import Form, LoraRow, build_sweep
 from zlab.server import LocalServer
+from zlab.views.builder_model import Form, LoraRow, build_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 
 SHOTS = os.environ.get("ZLAB_SCREENSHOTS")
-PROGRESS = """from zlab.progress import Progress
+PROGRESS = """from zlab.runs.progress import Progress
 p = Progress(2, 0, True)
 p.counts["queued"] = 2
 p.move("queued", "running"); p.move("running", "succeeded", finished=True)

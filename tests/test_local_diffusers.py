@@ -1,6 +1,6 @@
 """The diffusers backend, end to end: a tiny random Z-Image pipeline behind the local server over loopback HTTP.
 
-The pipeline is built from configs (`zlab.server.tiny_zimage`): the real `ZImagePipeline`, LoRA loader and
+The pipeline is built from configs (`zlab.testing.tiny_zimage`): the real `ZImagePipeline`, LoRA loader and
 PEFT adapters, with random weights and nothing downloaded. LoRAs are random `.safetensors` files written here.
 """
 
@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from zlab import cli
+from zlab.core.request import MODEL_ID
 from zlab.errors import ConfigError
-from zlab.request import MODEL_ID
 from zlab.server import LocalServer
 from zlab.server.backend import RenderError
 from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings, missing_local_extra, render_size
@@ -36,7 +36,7 @@ from zlab.server.loras import (
     plan_adapters,
     unmatched_keys,
 )
-from zlab.server.tiny_zimage import random_lora, save_lora, tiny_pipeline, to_kohya
+from zlab.testing.tiny_zimage import random_lora, save_lora, tiny_pipeline, to_kohya
 
 SIZE = 256  # the smallest size the model's schema allows
 MISSING = missing_local_extra()

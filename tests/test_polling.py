@@ -1,7 +1,7 @@
 """The polling planner: its rules one by one, then every queue regime on a simulated clock.
 
-The regimes run `zlab.queuesim` (a discrete-event queue: no sleeping, no wall-clock timing), which
-drives the same `Pacer` that `zlab.follow` drives over HTTP. Bounds are the targets of issue 12
+The regimes run `zlab.testing.queuesim` (a discrete-event queue: no sleeping, no wall-clock timing), which
+drives the same `Pacer` that `zlab.api.follow` drives over HTTP. Bounds are the targets of issue 12
 with some headroom for the simulation's own discreteness; the ideal is the same jobs' makespan with
 a client that notices every finish at once.
 """
@@ -10,8 +10,8 @@ import dataclasses
 
 import pytest
 
-from zlab.polling import Pacer, Track
-from zlab.queuesim import Scenario, ideal, simulate
+from zlab.core.polling import Pacer, Track
+from zlab.testing.queuesim import Scenario, ideal, simulate
 
 EPOCH = 1.7e9  # the server's clock: the planner must map it onto the caller's
 

@@ -6,12 +6,12 @@ import pytest
 
 from zlab import cli, errors
 from zlab.client import Client
-from zlab.config import Settings
-from zlab.pricing import Pricing, final_cost, resolve_pricing
-from zlab.protocol import Price
-from zlab.request import LoRA, Request
+from zlab.core.config import Settings
+from zlab.core.pricing import Pricing, final_cost, resolve_pricing
+from zlab.core.protocol import Price
+from zlab.core.request import LoRA, Request
+from zlab.runs.sweep import Sweep
 from zlab.server import LocalServer
-from zlab.sweep import Sweep
 
 BASE = Request("t3chnic4lly a fox", loras=[LoRA("a/b", 1.0)], width=512, height=512, seed=1)
 SWEEP = Sweep(BASE, axes={"seed": [1, 2, 3]})

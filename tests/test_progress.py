@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from zlab.progress import Progress, ProgressState, shown_in
+from zlab.runs.progress import Progress, ProgressState, shown_in
 
 
 def test_queued_and_running_are_counted_apart_and_waiting_is_the_rest():

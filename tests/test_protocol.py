@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from zlab import errors
-from zlab.protocol import (
+from zlab.core.protocol import (
     Price,
     error_from_answer,
     output_urls,

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from zlab import cli, errors
 from zlab.client import Client
-from zlab.request import LoRA, Request
-from zlab.retry import RetryPolicy
+from zlab.core.request import LoRA, Request
+from zlab.core.retry import RetryPolicy
+from zlab.runs.sweep import Sweep
 from zlab.server import Faults, LocalServer
-from zlab.sweep import Sweep
 
 BASE = Request("t3chnic4lly a fox", loras=[LoRA("a/b", 1.0)], width=256, height=256, seed=1)
 FAST_RETRY = RetryPolicy(base_s=0.02, cap_s=0.5, rate_limit_default_s=0.05)

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import zlab
+from zlab.core.request import MODEL_ID, Request, input_problems
 from zlab.errors import ValidationError
-from zlab.request import MODEL_ID, Request, input_problems
 
 
 def test_defaults_are_the_schemas():

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from zlab.retry import RetryPolicy, backoff_s, should_retry
+from zlab.core.retry import RetryPolicy, backoff_s, should_retry
 
 
 @pytest.mark.parametrize("fault", ["rate_limited", "connect"])

@@ -10,10 +10,10 @@ from PIL import Image
 
 from zlab import cli
 from zlab.client import Client
-from zlab.request import LoRA, Request
+from zlab.core.request import LoRA, Request
+from zlab.runs.ledger import RESULT_COLUMNS
+from zlab.runs.sweep import Sweep
 from zlab.server import Faults, LocalServer
-from zlab.store import RESULT_COLUMNS
-from zlab.sweep import Sweep
 
 BASE = Request("t3chnic4lly a fox", loras=[LoRA("a/b", 1.0)], width=256, height=256, seed=1)
 

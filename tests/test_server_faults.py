@@ -10,8 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from zlab.core.request import MODEL_ID
 from zlab.errors import ConfigError
-from zlab.request import MODEL_ID
 from zlab.server import Faults, LocalServer
 from zlab.server.faults import decide_call, decide_file, decide_job
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from waiting import wait_for
 
+from zlab.core.request import MODEL_ID
 from zlab.errors import ConfigError
-from zlab.request import MODEL_ID
 from zlab.server import Faults, LocalServer
 from zlab.server.faults import file_expired, not_yet_visible, odd_request_id
 

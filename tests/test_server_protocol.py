@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 from waiting import wait_for
 
+from zlab.core.request import MODEL_ID, Request
 from zlab.errors import ConfigError
-from zlab.request import MODEL_ID, Request
 from zlab.server import Latency, LocalServer
 
 SUBMIT = f"/v1/models/{MODEL_ID}"

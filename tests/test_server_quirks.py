@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 from waiting import wait_for
 
+from zlab.core.request import MODEL_ID
 from zlab.errors import ConfigError
-from zlab.request import MODEL_ID
 from zlab.server import Faults, LocalServer
 from zlab.server.quirks import QUIRK_NAMES, STRICT, Quirks, decide_call
 

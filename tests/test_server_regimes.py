@@ -18,8 +18,8 @@ import httpx
 import pytest
 from waiting import wait_for
 
+from zlab.core.request import MODEL_ID
 from zlab.errors import ConfigError
-from zlab.request import MODEL_ID
 from zlab.server import LocalServer
 from zlab.server.regime import (
     Regime,

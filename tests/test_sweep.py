@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zlab.axes import parse_range
+from zlab.core.axes import parse_range
+from zlab.core.request import LoRA, Request
 from zlab.errors import ValidationError
-from zlab.request import LoRA, Request
-from zlab.sweep import Sweep
+from zlab.runs.sweep import Sweep
 
 BASE = Request("t3chnic4lly a fox", loras=[LoRA("a/b", 1.0)], width=512, height=512, seed=7)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zlab.request import DEFAULT_LORA_PATH, LoRA, Request
+from zlab.core.request import DEFAULT_LORA_PATH, LoRA, Request
 from zlab.server import synthetic
 from zlab.server.synthetic import ImageCache, bomb_png, encode_png, mark_box, oversized_png_chunks, render, render_png
 

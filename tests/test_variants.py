@@ -14,10 +14,10 @@ from PIL import Image
 
 from zlab import cli, errors
 from zlab.client import AsyncClient, Client
-from zlab.request import LoRA, Request
-from zlab.retry import RetryPolicy
+from zlab.core.request import LoRA, Request
+from zlab.core.retry import RetryPolicy
+from zlab.runs.sweep import Sweep
 from zlab.server import Faults, LocalServer
-from zlab.sweep import Sweep
 
 BASE = Request("t3chnic4lly a fox", loras=[LoRA("a/b", 1.0)], width=256, height=256, seed=1)
 SWEEP = Sweep(BASE, axes={"lora1_scale": [0, 0.5, 1.0], "seed": [1, 2]})  # 6 cells

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from zlab.client import Client
-from zlab.display import thumbnail_table
 from zlab.errors import ValidationError
-from zlab.frontend import (
+from zlab.runs.sweep import Sweep
+from zlab.server import LocalServer
+from zlab.views.builder_model import (
     Form,
     LoraRow,
     build_sweep,
@@ -25,9 +26,8 @@ from zlab.frontend import (
     scale_values,
     sheet_axes,
 )
-from zlab.server import LocalServer
-from zlab.sweep import Sweep
-from zlab.widgets import Gallery, SweepBuilder
+from zlab.views.display import thumbnail_table
+from zlab.views.widgets import Gallery, SweepBuilder
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -14,18 +14,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from zlab.core.request import LoRA, Request
 from zlab.errors import ZlabError
-from zlab.request import LoRA, Request
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "AsyncClient": "zlab.client",
     "Client": "zlab.client",
-    "Generation": "zlab.jobs",
-    "Job": "zlab.jobs",
-    "Sweep": "zlab.sweep",
-    "RunResult": "zlab.runresult",
+    "Generation": "zlab.api.jobs",
+    "Job": "zlab.api.jobs",
+    "Sweep": "zlab.runs.sweep",
+    "RunResult": "zlab.runs.result",
     "LocalServer": "zlab.server",
     "Faults": "zlab.server",
     "ContactSheet": "zlab.sheet",
@@ -35,22 +35,22 @@ _LAZY = {
     "strength_curve": "zlab.sheet",
     "report": "zlab.report",
     "Report": "zlab.report",
-    "thumbnail_table": "zlab.display",
-    "SweepBuilder": "zlab.widgets",
-    "Gallery": "zlab.widgets",
+    "thumbnail_table": "zlab.views.display",
+    "SweepBuilder": "zlab.views.widgets",
+    "Gallery": "zlab.views.widgets",
 }
 __all__ = ["LoRA", "Request", "ZlabError", *sorted(_LAZY)]
 
 if TYPE_CHECKING:
+    from zlab.api.jobs import Generation, Job
     from zlab.client import AsyncClient, Client
-    from zlab.display import thumbnail_table
-    from zlab.jobs import Generation, Job
     from zlab.report import Report, report
-    from zlab.runresult import RunResult
+    from zlab.runs.result import RunResult
+    from zlab.runs.sweep import Sweep
     from zlab.server import Faults, LocalServer
     from zlab.sheet import ContactSheet, StrengthCurve, contact_sheet, read_sheet, strength_curve
-    from zlab.sweep import Sweep
-    from zlab.widgets import Gallery, SweepBuilder
+    from zlab.views.display import thumbnail_table
+    from zlab.views.widgets import Gallery, SweepBuilder
 
 
 def __getattr__(name: str) -> Any:
@@ -59,7 +59,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name == "widgets":
-        return importlib.import_module("zlab.widgets")
+        return importlib.import_module("zlab.views.widgets")
     raise AttributeError(f"module 'zlab' has no attribute {name!r}")
 
 

@@ -180,7 +180,7 @@ def parse_lora(text: str) -> tuple[str, float]:
 
 def _run(args: argparse.Namespace) -> int:
     from zlab.client import AsyncClient
-    from zlab.sweep import Sweep
+    from zlab.runs.sweep import Sweep
 
     sweep = Sweep.from_file(args.spec)
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
@@ -331,7 +331,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from zlab.client import Client
-    from zlab.request import DEFAULT_LORAS, LoRA, Request
+    from zlab.core.request import DEFAULT_LORAS, LoRA, Request
 
     loras = () if args.no_lora else [LoRA(*parse_lora(text)) for text in args.lora] or DEFAULT_LORAS
     request = Request(args.prompt, loras=loras, width=args.width, height=args.height, seed=args.seed)

@@ -10,28 +10,30 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from zlab import _loop, errors, jobs
-from zlab.api import API, DEFAULT_TIMEOUT
-from zlab.config import Secret, Settings, is_loopback, resolve_settings
-from zlab.download import Downloader
-from zlab.jobs import Generation, Job
-from zlab.polling import Pacer, Track
-from zlab.pricing import Pricing, resolve_pricing
-from zlab.protocol import CancelOutcome, Outcome, Status
-from zlab.request import MODEL_ID, Request, is_local_path
-from zlab.retry import RetryPolicy
+from zlab import errors
+from zlab.api import jobs
+from zlab.api import loop as _loop
+from zlab.api.download import Downloader
+from zlab.api.http import API, DEFAULT_TIMEOUT
+from zlab.api.jobs import Endpoint, Generation, Job
+from zlab.api.loop import in_notebook
+from zlab.api.loop import say as _say
+from zlab.core.config import LocalSettings, Secret, Settings, environment, is_loopback, resolve_settings
+from zlab.core.polling import Pacer, Track
+from zlab.core.pricing import Pricing, resolve_pricing
+from zlab.core.protocol import CancelOutcome, Outcome, Status
+from zlab.core.request import MODEL_ID, Request, is_local_path
+from zlab.core.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from zlab.runresult import RunResult
-    from zlab.sweep import Sweep
+    from zlab.runs.result import RunResult
+    from zlab.runs.sweep import Sweep
 
 
 class AsyncClient:
@@ -68,6 +70,7 @@ class AsyncClient:
             base = self._start_local_server()
         self.api = API(base, self.settings.token, transport=transport, timeout=timeout, retry=retry)
         self.downloads = Downloader(transport=transport)  # its own client: output files never see the token
+        self.endpoint = Endpoint(self.api, self.downloads, self.pacer)
 
     @property
     def base_url(self) -> str:
@@ -115,19 +118,15 @@ class AsyncClient:
     def _start_local_server(self) -> str:
         from zlab.server import LocalServer
 
-        latency = float(os.environ.get("ZLAB_LOCAL_LATENCY", "0.3"))
-        capacity = int(os.environ.get("ZLAB_LOCAL_CAPACITY", "8"))
-        backend = os.environ.get("ZLAB_BACKEND") or "synthetic"
+        local = LocalSettings.from_env()
         renderer, images = None, "synthetic images"
-        if backend == "diffusers":  # Z-Image Turbo on this machine: ZLAB_MODEL, ZLAB_DEVICE, ZLAB_DTYPE
+        if local.backend == "diffusers":  # Z-Image Turbo on this machine: ZLAB_MODEL, ZLAB_DEVICE, ZLAB_DTYPE
             from zlab.server import diffusers_backend as db
 
-            renderer = db.load_renderer(db.DiffusersSettings.from_env(os.environ))
+            renderer = db.load_renderer(db.DiffusersSettings.from_env(environment()))
             facts = renderer.describe()
             images = f"Z-Image Turbo from {facts['model']} on {facts['devices']}"
-        elif backend != "synthetic":
-            raise errors.ConfigError(f"ZLAB_BACKEND={backend!r} is not one of synthetic, diffusers")
-        self._server = LocalServer(latency=latency, capacity=capacity, renderer=renderer)
+        self._server = LocalServer(latency=local.latency, capacity=local.capacity, renderer=renderer)
         self._server.start()
         _say(
             f"zlab: no RUNCOMFY_TOKEN set; using the built-in local server at {self._server.base_url} "
@@ -150,11 +149,11 @@ class AsyncClient:
 
         request_id = await jobs.send(self.api, model, payload, on_send=sending)
         track.submitted = time.monotonic()
-        return Job(request_id, request, model, self, track)
+        return Job(request_id, request, model, self.endpoint, track)
 
     def job(self, request_id: str, request: Request | dict[str, Any] | None = None) -> Job:
         """A handle for a job submitted earlier (e.g. by a run that was interrupted)."""
-        return Job(request_id, request, self.model, self)
+        return Job(request_id, request, self.model, self.endpoint)
 
     async def status(self, request_id: str) -> Status:
         return await self.api.status(request_id)
@@ -188,11 +187,18 @@ class AsyncClient:
             _say(f"zlab: interrupted; request {job.request_id} cancel outcome: {outcome}")
             raise
 
-    async def run(self, sweep: Sweep, out: str | Path, **options: Any) -> RunResult:
-        """Run a sweep into a run directory (resumable); see `zlab.runner.run_sweep` for options."""
-        from zlab.runner import run_sweep
+    async def run(self, sweep: Sweep, out: str | Path, *, sheet: bool = True, **options: Any) -> RunResult:
+        """Run a sweep into a run directory (resumable); see `zlab.runs.runner.run_sweep` for options.
 
-        return await run_sweep(self, sweep, out, **options)
+        With `sheet` (the default) and a sweep that names one, the contact sheet is drawn to DIR/sheet.png
+        once the run ends; thumbnails are cached as images arrive, so that first sheet is fast."""
+        from zlab.runs.runner import run_sweep
+
+        options.setdefault("on_image", _prime_thumbnail)
+        result = await run_sweep(self, sweep, out, **options)
+        if sheet and sweep.sheet and result.counts.get("succeeded") and not result.interrupted:
+            await asyncio.to_thread(_draw_sheet, result, sweep.sheet, options.get("echo") or _say)
+        return result
 
     async def aclose(self) -> None:
         await self.api.aclose()
@@ -266,7 +272,7 @@ class Client:
         return _loop.run_sync(self.aclient.pricing())
 
     def run(self, sweep: Sweep, out: str | Path, **options: Any) -> RunResult:
-        """Run a sweep into a run directory (resumable); see `zlab.runner.run_sweep` for options.
+        """Run a sweep into a run directory (resumable); see `zlab.runs.runner.run_sweep` for options.
 
         In a notebook, Ctrl-C (the kernel's interrupt) ends with the run's one-line summary and returns the
         interrupted result (`.interrupted`), with no traceback; elsewhere it raises KeyboardInterrupt."""
@@ -294,14 +300,19 @@ async def _bounded(coro: Any, seconds: float = 8.0) -> str:
         return f"unknown ({type(exc).__name__})"
 
 
-def _say(line: str) -> None:
-    """A routine line: stdout in a notebook (stderr is painted as an error there), stderr in a terminal."""
-    print(line, file=sys.stdout if in_notebook() else sys.stderr, flush=True)
+def _prime_thumbnail(run_dir: Path, path: Path, image: Any) -> None:
+    """The image is decoded already (it was checked): cache its sheet-sized thumbnail now."""
+    from zlab.sheet.thumbs import THUMB_WIDTH, prime
+
+    prime(path, image, THUMB_WIDTH, run_dir)
 
 
-def in_notebook() -> bool:
-    """Whether this runs in a Jupyter kernel."""
-    shell = sys.modules.get("IPython")
-    get = getattr(shell, "get_ipython", None)
-    kernel = get() if get else None
-    return kernel is not None and "IPKernelApp" in getattr(kernel, "config", {})
+def _draw_sheet(result: RunResult, spec: dict[str, Any], say: Any) -> None:
+    """DIR/sheet.png as the sweep file asks; a sheet that cannot be drawn is said, never fails the run."""
+    from zlab.sheet import contact_sheet
+
+    try:
+        paths = contact_sheet(result.df, root=result.out, **spec).save(result.out / "sheet.png")
+        say(f"zlab: contact sheet: {', '.join(str(p) for p in paths)}")
+    except (errors.ZlabError, TypeError, OSError) as exc:
+        say(f"zlab: no contact sheet drawn: {exc}")

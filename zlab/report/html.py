@@ -2,7 +2,7 @@
 
 nbconvert's lab template loads require.js, MathJax and (with widget state) the widget manager from CDNs;
 zlab's template (``zlab/_static/report.html.j2``) drops them all. Live widget outputs are dropped too:
-every zlab widget is shown with a static copy before it (`zlab.fallback`), which is what the page shows.
+every zlab widget is shown with a static copy before it (`zlab.views.fallback`), which is what the page shows.
 Images are embedded as data URIs.
 """
 

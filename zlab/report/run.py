@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from zlab.core.config import environment
 from zlab.errors import ValidationError
 from zlab.report.html import render_html
 from zlab.report.kernel import kernel_for_current_python
@@ -178,7 +179,7 @@ def _run_child(job: dict[str, Any], timeout: float) -> dict[str, Any] | None:
     cmd = [sys.executable, "-c", "from zlab.report.run import _child_main; _child_main()"]
     # PYDEVD_…: quiets a debugger warning per kernel. ZLAB_REPORT: tells code in the notebook it runs
     # unattended (no terminal progress line; zlab's HTML progress still leaves its final state).
-    env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1", "ZLAB_REPORT": "1"}
+    env = {**environment(), "PYDEVD_DISABLE_FILE_VALIDATION": "1", "ZLAB_REPORT": "1"}
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.PIPE,

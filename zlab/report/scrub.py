@@ -8,11 +8,12 @@ import base64
 import html
 import json
 import math
-import os
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from zlab.core.config import environment
 
 SECRET_ENV = ("RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY")
 MASK = "**********"
@@ -20,7 +21,7 @@ _MIN_SECRET_LEN = 6  # shorter values would scrub ordinary text; real tokens are
 
 
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
-    env = os.environ if env is None else env
+    env = environment() if env is None else env
     raw = [env.get(k, "") for k in SECRET_ENV]
     # zlab sends the token stripped (a token file may end in "\r\n"): scrub both spellings.
     values = {v for r in raw for v in (r, r.strip())}

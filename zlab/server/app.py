@@ -48,8 +48,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from zlab.core.request import MODEL_ID, SIZE_RANGE, Request, input_problems
 from zlab.errors import ValidationError
-from zlab.request import MODEL_ID, SIZE_RANGE, Request, input_problems
 from zlab.server import quirks as q
 from zlab.server import synthetic
 from zlab.server.faults import (

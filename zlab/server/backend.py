@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from zlab.request import Request
+from zlab.core.request import Request
 
 
 @dataclasses.dataclass(frozen=True)

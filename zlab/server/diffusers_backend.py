@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zlab.core.request import LoRA, Request
 from zlab.errors import ConfigError
-from zlab.request import LoRA, Request
 from zlab.server.backend import Rendered, RenderError
 from zlab.server.loras import LoraFiles, mismatch_message, plan_adapters, unmatched_keys
 

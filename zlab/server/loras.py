@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from zlab.core.config import cache_root
 from zlab.server.backend import RenderError
 
 SourceKind = Literal["url", "local", "hub"]
@@ -84,14 +85,6 @@ def pick_weight_file(names: Iterable[str], where: str, repo: bool = False) -> st
     shown = ", ".join(candidates[:5]) + (", …" if len(candidates) > 5 else "")
     how = f"name one, e.g. {where}:{candidates[0]}" if repo else "give the path of one of them"
     raise RenderError(f"LoRA {where} holds {len(candidates)} .safetensors files ({shown}); {how}")
-
-
-def cache_root(env: Mapping[str, str] | None = None) -> Path:
-    """zlab's cache directory: ZLAB_CACHE_DIR, else $XDG_CACHE_HOME/zlab, else ~/.cache/zlab."""
-    env = os.environ if env is None else env
-    if env.get("ZLAB_CACHE_DIR"):
-        return Path(env["ZLAB_CACHE_DIR"])
-    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zlab"
 
 
 def url_file_name(url: str) -> str:

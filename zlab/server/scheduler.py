@@ -23,8 +23,8 @@ import secrets
 import time
 from typing import Literal
 
+from zlab.core.request import Request
 from zlab.errors import ConfigError
-from zlab.request import Request
 from zlab.server import regime as regimes
 from zlab.server.backend import Rendered, Renderer
 from zlab.server.faults import BadOutput

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from zlab.request import MODEL_ID, request_key
+from zlab.core.request import MODEL_ID, request_key
 
 JobState = Literal["in_queue", "in_progress", "succeeded", "failed", "cancelled"]
 

@@ -6,7 +6,7 @@ scene), and each LoRA applies a style effect chosen by its path whose strength g
 so a scale sweep reads as one. Every image carries a small "synthetic" mark in its bottom-right
 corner and a `zlab-backend: synthetic` PNG text chunk, so it is never mistaken for a real render.
 
->>> from zlab.request import DEFAULT_LORA_PATH, Request
+>>> from zlab.core.request import DEFAULT_LORA_PATH, Request
 >>> img = render(Request("a red fox", seed=1, width=256, height=320))
 >>> img.size
 (256, 320)
@@ -32,7 +32,7 @@ from concurrent.futures import Executor
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
-from zlab.request import DEFAULT_LORA_PATH, Request
+from zlab.core.request import DEFAULT_LORA_PATH, Request
 
 MARK = "synthetic"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

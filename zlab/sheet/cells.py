@@ -7,24 +7,16 @@ columns (key, status, timings, cost, urls) never count.
 
 from __future__ import annotations
 
-import json
-import math
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from zlab.core.table import norm_value, parameter_columns
 from zlab.errors import ValidationError
 from zlab.sheet.layout import axis_label, format_value
-
-BOOKKEEPING = frozenset(
-    {
-        *("key", "status", "error", "request_id", "image_path", "image_url", "cost_usd", "base_url", "cached"),
-        *("megapixels", "cost_source", "image_width", "image_height", "note", "reason", "favourite", "rating"),
-    }
-)
 
 
 class VaryingColumnsError(ValidationError):
@@ -42,36 +34,6 @@ class VaryingColumnsError(ValidationError):
             f"one image per cell, but {cells} cell(s) hold several images; varying inside a cell: {what}",
             hint,
         )
-
-
-def is_bookkeeping(column: str) -> bool:
-    """True for columns that describe how a cell ran rather than what it generated."""
-    return column in BOOKKEEPING or column.endswith(("_at", "_s")) or column.startswith(("sheet_", "backend_"))
-
-
-def parameter_columns(df: pd.DataFrame, exclude: Iterable[str | None] = ()) -> list[str]:
-    """The columns whose values define an image, in DataFrame order, minus `exclude`."""
-    skip = set(exclude)
-    return [c for c in df.columns if isinstance(c, str) and not is_bookkeeping(c) and c not in skip]
-
-
-def norm_value(value: Any) -> Hashable:
-    """A value made hashable and comparable: NaN/None -> None, numpy -> Python, lists -> JSON text."""
-    if value is None:
-        return None
-    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
-        value = value.tolist()  # numpy scalar or array
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if value is pd.NaT or value is pd.NA:
-        return None
-    if isinstance(value, list | tuple | dict | set):
-        return json.dumps(value, sort_keys=True, default=str)
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value
 
 
 def _is_number(v: Any) -> bool:

@@ -24,6 +24,7 @@ from PIL import Image
 from zlab.sheet import png
 
 CACHE_DIR = Path(".zlab") / "thumbs"
+THUMB_WIDTH = 256  # contact_sheet's default cell width: the size a run caches as its images arrive
 _VERSION = "2"  # bump when the thumbnail recipe changes, so old cache entries stop matching
 
 

@@ -2,7 +2,7 @@
 on the (page, y, x) grid, its thumbnail and full image, its parameters, and the picks, reruns and exports
 a person makes from it.
 
-`zlab.gallery_view.Gallery` is a thin view over `GalleryModel`: the browser side lays out the grid and
+`zlab.views.gallery.Gallery` is a thin view over `GalleryModel`: the browser side lays out the grid and
 handles the keyboard; every decision that needs the data (layout, images, picks, reruns, exports) is a
 method here, so a script or a test can drive the model directly.
 
@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from PIL import Image
 
+from zlab.core.request import Request
+from zlab.core.table import is_bookkeeping, norm_value, request_from_row
 from zlab.errors import ValidationError, ZlabError
-from zlab.results import open_results, read_picks, set_pick, sheet_axes, varying_columns, with_picks, write_results
+from zlab.runs.tables import open_results, read_picks, set_pick, sheet_axes, varying_columns, with_picks, write_results
 from zlab.sheet import VaryingColumnsError, thumbs
-from zlab.sheet.cells import Grid, assign, is_bookkeeping, norm_value, placeholder_reason, stack_caption
+from zlab.sheet.cells import Grid, assign, placeholder_reason, stack_caption
 from zlab.sheet.layout import axis_label, format_value
 
 if TYPE_CHECKING:
@@ -58,19 +60,9 @@ def cell_parameters(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def request_of(row: Mapping[str, Any], **changes: Any) -> Any:
+def request_of(row: Mapping[str, Any], **changes: Any) -> Request:
     """The `zlab.Request` a result row was generated from (with `changes`, e.g. ``seed=7``)."""
-    from zlab.request import LoRA, Request
-
-    loras = []
-    for n in (1, 2, 3):
-        path, scale = norm_value(row.get(f"lora{n}_path")), norm_value(row.get(f"lora{n}_scale"))
-        if path:
-            loras.append(LoRA(str(path), float(scale) if isinstance(scale, int | float) else 1.0))
-    fields = {"prompt": row.get("prompt"), "width": row.get("width"), "height": row.get("height")}
-    fields["seed"] = row.get("seed")
-    fields = {k: norm_value(v) for k, v in fields.items()}
-    return Request(loras=loras, **{**fields, **changes})
+    return request_from_row(row, **changes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +81,7 @@ class GalleryModel:
 
     `source`: a run directory, a `RunResult` or a results DataFrame (images relative to `root`, default
     the run directory). `x`, `y`, `page` name the axes (default: the varying columns by
-    `zlab.results.AXIS_PREFERENCE`). `rows` is the table the gallery shows (one row per distinct request;
+    `zlab.runs.tables.AXIS_PREFERENCE`). `rows` is the table the gallery shows (one row per distinct request;
     row numbers index `thumbnails()` and never change when the axes do). When other columns vary inside
     a cell, the cell holds several images side by side and `note` says which columns.
     """
@@ -293,7 +285,7 @@ class GalleryModel:
     def rerun(self, key: str, seed: int | None = None) -> str:
         """Generate cell `key` again with another seed (random when None) into the same run directory, add
         it to the table and return its key. Uses the gallery's client, else a new one (closed after)."""
-        from zlab.sweep import Sweep
+        from zlab.runs.sweep import Sweep
 
         if self.root is None:
             raise ValidationError("root", None, "a run directory to run into", "pass root=… to the gallery")

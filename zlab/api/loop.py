@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -82,3 +83,16 @@ def run_sync(coro: Coroutine[Any, Any, T], *, result_on_interrupt: bool = False)
         if result_on_interrupt and future.done() and not future.cancelled() and future.exception() is None:
             return future.result()
         raise
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel."""
+    shell = sys.modules.get("IPython")
+    get = getattr(shell, "get_ipython", None)
+    kernel = get() if get else None
+    return kernel is not None and "IPKernelApp" in getattr(kernel, "config", {})
+
+
+def say(line: str) -> None:
+    """A routine line: stdout in a notebook (stderr is painted as an error there), stderr in a terminal."""
+    print(line, file=sys.stdout if in_notebook() else sys.stderr, flush=True)

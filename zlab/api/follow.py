@@ -1,4 +1,4 @@
-"""The one waiting loop: follow a job by id until it ends, asking the pure planner (`zlab.polling`) when.
+"""The one waiting loop: follow a job by id until it ends, asking the pure planner (`zlab.core.polling`) when.
 
 Every wait has a deadline and every sleep is bounded (`Pacer.max_gap_s`). Waiters that share a
 `Pacer` share one wake-up signal: when an answer changes what the others should do (a finish, the
@@ -16,9 +16,9 @@ import time
 import weakref
 
 from zlab import errors
-from zlab.api import API
-from zlab.polling import Pacer, Track
-from zlab.protocol import Outcome
+from zlab.api.http import API
+from zlab.core.polling import Pacer, Track
+from zlab.core.protocol import Outcome
 
 _FINISHED = ("succeeded", "failed", "cancelled")
 

@@ -24,11 +24,12 @@ from typing import Any
 
 import pandas as pd
 
-from zlab.axes import axis_values, check_axis_name, parse_size
-from zlab.config import DEFAULT_PRICE_PER_MP
+from zlab.core.axes import axis_values, check_axis_name, parse_size
+from zlab.core.config import DEFAULT_PRICE_PER_MP
 from zlab.errors import ValidationError
-from zlab.pricing import Pricing
-from zlab.request import MAX_LORAS, MODEL_ID, SEED_RANGE, LoRA, Request
+from zlab.core.pricing import Pricing
+from zlab.core.table import request_row
+from zlab.core.request import MAX_LORAS, MODEL_ID, SEED_RANGE, LoRA, Request
 
 MAX_CELLS = 100_000  # a sweep beyond this is almost surely a typo in an axis; max_cells=… allows more
 FILE_KEYS = ("prompt", "loras", "width", "height", "seed", "axes", "zip", "sheet", "name")
@@ -49,20 +50,7 @@ class Cell:
 
     def row(self) -> dict[str, Any]:
         """The cell as result columns: every request parameter plus each axis value."""
-        req = self.request
-        row: dict[str, Any] = {
-            "key": req.key,
-            "prompt": req.prompt,
-            "width": req.width,
-            "height": req.height,
-            "seed": req.seed,
-        }
-        for i in range(MAX_LORAS):
-            lora = req.loras[i] if i < len(req.loras) else None
-            row[f"lora{i + 1}_path"] = lora.path if lora else None
-            row[f"lora{i + 1}_scale"] = lora.scale if lora else None
-        row.update({k: v for k, v in self.values.items() if k not in row})
-        return row
+        return request_row(self.request, self.values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +125,8 @@ class Sweep:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Sweep:
-        """Read a YAML sweep file; errors name the file and the field (see `zlab.yamlfile` for the checks)."""
-        from zlab.yamlfile import load_yaml
+        """Read a YAML sweep file; errors name the file and the field (see `zlab.runs.yamlfile` for the checks)."""
+        from zlab.runs.yamlfile import load_yaml
 
         path = Path(path)
         spec = load_yaml(path)
@@ -228,7 +216,7 @@ class Sweep:
     ) -> Estimate:
         """Megapixels, cost and wall time (waves of `concurrency`) of some or all cells.
 
-        The cost follows `pricing` (per image or per megapixel, see `zlab.pricing`), else `price_per_mp`."""
+        The cost follows `pricing` (per image or per megapixel, see `zlab.core.pricing`), else `price_per_mp`."""
         chosen = self.cells() if cells is None else cells
         mp = sum(c.request.megapixels for c in chosen)
         price = pricing or Pricing(None, price_per_mp, "price_per_mp")

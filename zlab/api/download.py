@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image
 
+from zlab.core.retry import RetryPolicy, backoff_s
 from zlab.errors import DownloadError
-from zlab.retry import RetryPolicy, backoff_s
 
 MAX_BYTES = 64 * 1024 * 1024  # a 1536×1536 PNG is ~7 MB at worst; 64 MB is clearly not an image we asked for
 MAX_PIXELS = 1536 * 1536 * 4

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from zlab.runplan import Stop
-from zlab.sweep import Estimate
+from zlab.core.runplan import Stop
+from zlab.runs.sweep import Estimate
 
 EXIT_CODES = {"token": 3, "balance": 4}
 _STOP_WORDS = {

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from zlab.errors import ConfigError
@@ -71,7 +72,7 @@ def resolve_settings(
     With neither a token nor a base URL (or with base URL `local`), the result asks for the local server.
     Everything is checked here, before anything is sent; a bad token is named, never shown.
     """
-    env = os.environ if env is None else env
+    env = environment() if env is None else env
     raw_token = token if token is not None else env.get("RUNCOMFY_TOKEN") or env.get("RUNCOMFY_API_KEY") or None
     secret = check_token(raw_token) if raw_token is not None else None
     url = base_url if base_url is not None else (env.get("ZLAB_BASE_URL") or "").strip() or None
@@ -136,6 +137,58 @@ def _price(name: str, given: float | None, raw: str | None, default: float | Non
         raise ConfigError(f"{name}={str(value)[:40]!r} is not a number: give USD as a number >= 0, e.g. 0.01") from None
     if not math.isfinite(number) or number < 0:
         raise ConfigError(f"{name}={number!r} is not allowed: give a finite number of USD >= 0")
+    return number
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment: the one place zlab reads it (a test checks that no other module does)."""
+    return os.environ
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSettings:
+    """How the built-in local server runs: ZLAB_LOCAL_LATENCY (seconds per job), ZLAB_LOCAL_CAPACITY (jobs at
+    once) and ZLAB_BACKEND (`synthetic`, or `diffusers` for Z-Image Turbo on this machine)."""
+
+    latency: float = 0.3
+    capacity: int = 8
+    backend: str = "synthetic"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LocalSettings:
+        env = environment() if env is None else env
+        latency = _number("ZLAB_LOCAL_LATENCY", env.get("ZLAB_LOCAL_LATENCY"), cls.latency, "seconds >= 0, e.g. 0.3")
+        capacity = _number("ZLAB_LOCAL_CAPACITY", env.get("ZLAB_LOCAL_CAPACITY"), cls.capacity, "an integer >= 1")
+        if capacity != int(capacity) or capacity < 1:
+            raise ConfigError(f"ZLAB_LOCAL_CAPACITY={env.get('ZLAB_LOCAL_CAPACITY')!r} must be an integer >= 1, e.g. 8")
+        backend = (env.get("ZLAB_BACKEND") or cls.backend).strip()
+        if backend not in ("synthetic", "diffusers"):
+            raise ConfigError(f"ZLAB_BACKEND={backend[:40]!r} is not one of synthetic, diffusers")
+        return cls(latency, int(capacity), backend)
+
+
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """zlab's cache directory: ZLAB_CACHE_DIR, else $XDG_CACHE_HOME/zlab, else ~/.cache/zlab."""
+    env = environment() if env is None else env
+    if env.get("ZLAB_CACHE_DIR"):
+        return Path(env["ZLAB_CACHE_DIR"])
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zlab"
+
+
+def in_report(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process runs inside `zlab report` (its kernel sets ZLAB_REPORT): no terminal redraws there."""
+    return (environment() if env is None else env).get("ZLAB_REPORT") is not None
+
+
+def _number(name: str, raw: str | None, default: float, what: str) -> float:
+    if raw is None or not raw.strip():
+        return default
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw[:40]!r} is not a number: give {what}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{name}={raw[:40]!r} is not allowed: give {what}")
     return number
 
 

@@ -1,7 +1,7 @@
 """The gallery's static view: its grid as plain HTML with the thumbnails embedded, every page shown.
 
 This is what a saved notebook, an nbconvert export or a ``zlab report`` page shows in place of the live
-gallery (see `zlab.fallback`), so it needs no script and no network: labels, thumbnails, the reason a
+gallery (see `zlab.views.fallback`), so it needs no script and no network: labels, thumbnails, the reason a
 cell has no image, and the picks (★ favourite, rating) as they were when the gallery was last shown.
 """
 
@@ -12,7 +12,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from zlab.gallery import GalleryModel
+    from zlab.views.gallery_model import GalleryModel
 
 __all__ = ["static_html"]
 

@@ -1,7 +1,7 @@
 """The results table's conventions, in one place: where a table's run directory is, which columns vary,
 which axis a column prefers, and the picks (favourites and ratings) a person made in the gallery.
 
-The columns themselves are `zlab.store.RESULT_COLUMNS`; everything that reads a results table to show
+The columns themselves are `zlab.runs.ledger.RESULT_COLUMNS`; everything that reads a results table to show
 it (sheets, the gallery, the builder, reports) asks this module rather than guessing.
 
 >>> df = load_results("runs/tc")          # results.parquet + DIR/picks.json   # doctest: +SKIP
@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from zlab.download import write_atomic
+from zlab.api.download import write_atomic
 from zlab.errors import ValidationError
-from zlab.sheet.cells import norm_value, parameter_columns
+from zlab.core.table import AXIS_PREFERENCE, axis_rank, sheet_axes, varying_columns
 
 __all__ = [
     "AXIS_PREFERENCE",
@@ -39,54 +39,7 @@ __all__ = [
     "write_results",
 ]
 
-# Which varying axis goes where on a sheet: what a LoRA does is the question, so its scale goes
-# across; seeds show how much is chance, so they go down; prompts, LoRA files and sizes page.
-AXIS_PREFERENCE = (
-    "lora1_scale", "lora2_scale", "lora3_scale", "seed", "prompt",
-    "lora1_path", "lora2_path", "lora3_path", "size", "width", "height",
-)  # fmt: skip
 PICKS_FILE = "picks.json"  # DIR/picks.json: {key: {"favourite": bool, "rating": 0-5}}
-_NOT_AXES = ("cached",)  # a cache hit says how a cell ran, not what it shows
-
-
-# ---------------------------------------------------------------- axes (pure)
-
-
-def axis_rank(column: str) -> int:
-    """Position in `AXIS_PREFERENCE`; other columns (extra axes) come after, in their own order."""
-    return AXIS_PREFERENCE.index(column) if column in AXIS_PREFERENCE else len(AXIS_PREFERENCE)
-
-
-def sheet_axes(columns: Sequence[str] | Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """(x, y, page) for a contact sheet of these varying columns, by `AXIS_PREFERENCE`.
-
-    >>> sheet_axes(["prompt", "seed"])
-    ('seed', 'prompt', None)
-    """
-    names = list(columns)
-    ranked = sorted(names, key=lambda c: (axis_rank(c), names.index(c)))
-    picked = [*ranked[:3], None, None, None]
-    return picked[0], picked[1], picked[2]
-
-
-def varying_columns(df: pd.DataFrame) -> list[str]:
-    """Parameter columns with more than one distinct value: the candidates for x, y and page, most
-    useful first. A column that another candidate already decides is left out (width and height when
-    `size` varies; the partner of a zipped axis): it needs no axis of its own."""
-    columns = parameter_columns(df, exclude=(*_NOT_AXES, "favourite", "rating"))
-    values = {c: [norm_value(v) for v in df[c]] for c in columns}
-    varying = [c for c in columns if len(set(values[c])) > 1]
-    ranked = sorted(varying, key=lambda c: (axis_rank(c), columns.index(c)))
-    kept: list[str] = []
-    for column in ranked:
-        if not any(_decides(values[k], values[column]) for k in kept):
-            kept.append(column)
-    return kept
-
-
-def _decides(a: list[Any], b: list[Any]) -> bool:
-    """True when each value of `a` comes with a single value of `b` (b is a function of a)."""
-    return len(set(zip(a, b, strict=True))) == len(set(a))
 
 
 # ---------------------------------------------------------------- finding a table and its directory

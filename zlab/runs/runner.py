@@ -1,8 +1,8 @@
 """Runs a sweep: the ledger, the concurrency, progress, resume and a clean stop around the one money path.
 
-Each cell's job goes through `zlab.jobs` (`send`, `wait`, `collect`), exactly as `Client.generate`'s
+Each cell's job goes through `zlab.api.jobs` (`send`, `wait`, `collect`), exactly as `Client.generate`'s
 does; what to do with each cell, and where it goes after each event, is decided by the pure
-`zlab.runplan`. This module adds the run directory (one writer at a time, its ledger written before
+`zlab.core.runplan`. This module adds the run directory (one writer at a time, its ledger written before
 each POST leaves), the shared cache, progress, the summary, and the stop on Ctrl-C: jobs still queued
 at the server are cancelled (nothing billed) and running ones stay recorded, so a rerun collects them.
 No cell's trouble stops the sweep: a failed job, a lost download or a full disk is recorded on that
@@ -16,49 +16,60 @@ import collections
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pandas as pd
 
-from zlab import errors, jobs, runplan
-from zlab.polling import Track
-from zlab.pricing import final_cost
-from zlab.progress import Progress
-from zlab.request import LoRA, Request
-from zlab.results import with_picks
-from zlab.runplan import Action, CellView, Next, Stop
-from zlab.runresult import RunResult
-from zlab.sheet.thumbs import prime
-from zlab.store import Cache, RunDir, now_iso, results_frame
-from zlab.sweep import SECONDS_PER_IMAGE, Cell, Sweep
+from zlab import errors
+from zlab.api import jobs
+from zlab.core import runplan
+from zlab.api.loop import say as _say
+from zlab.core.config import cache_root
+from zlab.core.polling import Track
+from zlab.core.pricing import final_cost
+from zlab.runs.progress import Progress
+from zlab.core.table import request_from_row
+from zlab.runs.tables import with_picks
+from zlab.core.runplan import Action, CellView, Next, Stop
+from zlab.runs.result import RunResult
+from zlab.runs.ledger import Cache, RunDir, now_iso, results_frame
+from zlab.runs.sweep import SECONDS_PER_IMAGE, Cell, Sweep
 
 if TYPE_CHECKING:
-    from zlab.client import AsyncClient
+    from PIL import Image
+
+    from zlab.api.download import Downloader
+    from zlab.api.http import API
+    from zlab.core.polling import Pacer
+    from zlab.core.pricing import Pricing
+
+
+class Service(Protocol):
+    """What a run needs of its client (`zlab.AsyncClient` is one): the API, downloads, the shared pacer, prices."""
+
+    api: API
+    downloads: Downloader
+    pacer: Pacer
+    model: str
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def builtin(self) -> bool: ...
+
+    async def pricing(self) -> Pricing: ...
+
 
 CANCEL_DEADLINE_S = 8.0
-THUMB_WIDTH = 256  # contact_sheet's default cell width
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("ZLAB_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zlab"
-    )
-    return Path(base)
-
-
-def _say(line: str) -> None:
-    from zlab.client import in_notebook
-
-    print(line, file=sys.stdout if in_notebook() else sys.stderr, flush=True)
 
 
 async def run_sweep(
-    client: AsyncClient,
+    client: Service,
     sweep: Sweep,
     out: str | Path,
     *,
@@ -70,7 +81,7 @@ async def run_sweep(
     resend_lost: bool = False,
     cache: bool | str | Path = True,
     cell_timeout: float = 1800.0,
-    sheet: bool = True,
+    on_image: Callable[[Path, Path, Image.Image], None] | None = None,
     echo: Callable[[str], None] | None = None,
     wait: float = 0.0,
     on_interrupt: Literal["raise", "return"] = "raise",
@@ -137,6 +148,7 @@ async def run_sweep(
         )
         calls_before = collections.Counter(client.api.calls)
         state = _RunState(client, run, sweep, concurrency, cell_timeout, shared)
+        state.on_image = on_image
         state.progress = Progress(len(cells), tally["done"], progress)
         interrupted = False
         try:
@@ -168,8 +180,6 @@ async def run_sweep(
         say(result.summary())
         if interrupted and on_interrupt == "raise":  # end cancelled, as asyncio expects
             raise asyncio.CancelledError
-        if sheet and sweep.sheet and counts.get("succeeded") and not interrupted:
-            _draw_sheet(run, df, sweep.sheet, say)
         return result
     finally:
         run.close()
@@ -201,12 +211,8 @@ def _view(run: RunDir, row: dict[str, Any], cache: Cache | None) -> CellView:
 
 def _orphan(row: dict[str, Any]) -> Cell | None:
     """A cell of an earlier sweep in this directory whose job was accepted: still collected, never dropped."""
-    params = json.loads(row["params"])
     try:
-        loras = [
-            LoRA(params[f"lora{i}_path"], params[f"lora{i}_scale"]) for i in (1, 2, 3) if params.get(f"lora{i}_path")
-        ]
-        request = Request(params["prompt"], loras, params["width"], params["height"], params["seed"])
+        request = request_from_row(json.loads(row["params"]))
     except (errors.ValidationError, KeyError, TypeError):
         return None
     return Cell(row["idx"] or 0, request, {}) if request.key == row["key"] else None
@@ -237,35 +243,26 @@ def _notes(
     return notes
 
 
-def _open_cache(client: AsyncClient, cache: bool | str | Path) -> Cache | None:
+def _open_cache(client: Service, cache: bool | str | Path) -> Cache | None:
     if cache is False:
         return None
-    root = default_cache_dir() if cache is True else Path(cache)
+    root = cache_root() if cache is True else Path(cache)
     # The auto-started local server's port changes every time; its synthetic images do not.
-    identity = "zlab-local-synthetic" if client.builtin else client.base_url
+    identity = "zlab-local-synthetic" if client.builtin else client.api.base_url
     return Cache(root, f"{identity}|{client.model}")
-
-
-def _draw_sheet(run: RunDir, df: pd.DataFrame, spec: dict[str, Any], say: Callable[[str], None]) -> None:
-    try:
-        from zlab.sheet import contact_sheet
-
-        paths = contact_sheet(df, root=run.root, **spec).save(run.root / "sheet.png")
-        say(f"zlab: contact sheet: {', '.join(str(p) for p in paths)}")
-    except (errors.ZlabError, TypeError, OSError) as exc:
-        say(f"zlab: no contact sheet drawn: {exc}")
 
 
 class _RunState:
     """The moving parts of one run (kept together so each step stays short)."""
 
     def __init__(
-        self, client: AsyncClient, run: RunDir, sweep: Sweep, concurrency: int, cell_timeout: float, cache: Cache | None
+        self, client: Service, run: RunDir, sweep: Sweep, concurrency: int, cell_timeout: float, cache: Cache | None
     ) -> None:
         self.client, self.api, self.run, self.sweep = client, client.api, run, sweep
         self.ledger = run.ledger
         self.slots = asyncio.Semaphore(concurrency)
         self.cell_timeout, self.cache = cell_timeout, cache
+        self.on_image: Callable[[Path, Path, Image.Image], None] | None = None
         self.progress = Progress(0, 0, False)
         self.tracks: dict[str, Track] = {}
         self.inflight: set[asyncio.Task[Any]] = set()
@@ -395,9 +392,9 @@ class _RunState:
             "zlab:request_id": gen.request_id,
         }
         path = await asyncio.to_thread(self.run.save_image, key, gen.data, gen.suffix, metadata)
-        # The image is decoded already (to check it): cache its thumbnail now, so the first sheet is fast.
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(prime, self.run.root / path, gen.image, THUMB_WIDTH, self.run.root)
+        if self.on_image is not None:  # e.g. the client caches the thumbnail of the image it has decoded already
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.on_image, self.run.root, self.run.root / path, gen.image)
         estimate = (self.ledger.get(key) or {}).get("cost_usd") or 0.0
         cost, source = final_cost(gen.cost_usd, estimate)
         width, height = gen.size

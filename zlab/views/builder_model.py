@@ -1,6 +1,6 @@
 """What the sweep builder decides, as pure functions: form values in, a `Sweep` and a plan summary out.
 
-`zlab.widgets.SweepBuilder` only copies widget values into a `Form` and shows what these functions
+`zlab.views.widgets.SweepBuilder` only copies widget values into a `Form` and shows what these functions
 return, so everything it does can be tested (and reused by other front ends) without a browser.
 
 >>> form = Form("a red fox", loras=(LoraRow("owner/lora", 0, 1.5, 4),), seeds="1, 2", sizes="512x768")
@@ -16,12 +16,12 @@ import dataclasses
 import re
 from typing import Any
 
-from zlab.axes import axis_values, clean_number, parse_range
-from zlab.config import DEFAULT_PRICE_PER_MP
+from zlab.core.axes import axis_values, clean_number, parse_range
+from zlab.core.config import DEFAULT_PRICE_PER_MP
+from zlab.core.request import MAX_LORAS, LoRA, Request
 from zlab.errors import ValidationError, ZlabError
-from zlab.request import MAX_LORAS, LoRA, Request
-from zlab.results import AXIS_PREFERENCE, axis_rank, sheet_axes
-from zlab.sweep import Sweep
+from zlab.runs.sweep import Sweep
+from zlab.runs.tables import AXIS_PREFERENCE, axis_rank, sheet_axes
 
 __all__ = [
     "AXIS_PREFERENCE", "Form", "LoraRow", "PlanSummary", "axis_rank", "build_sweep", "default_out_dir",

@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from zlab.config import Settings
-from zlab.protocol import Price
-from zlab.request import Request
+from zlab.core.config import Settings
+from zlab.core.protocol import Price
+from zlab.core.request import Request
 
 EXPECTED_RUN_S = 4.0  # for a per-second price: a working guess of one Z-Image Turbo render on RunComfy
 CostSource = Literal["service", "estimate"]

@@ -25,9 +25,9 @@ import anywidget
 import traitlets as t
 
 from zlab.errors import ZlabError
-from zlab.fallback import LIVE_CLASS, show
-from zlab.gallery import GalleryModel
-from zlab.gallery_html import static_html
+from zlab.views.fallback import LIVE_CLASS, show
+from zlab.views.gallery_model import GalleryModel
+from zlab.views.gallery_static import static_html
 
 if TYPE_CHECKING:
     import pandas as pd

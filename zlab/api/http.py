@@ -1,11 +1,11 @@
 """The async HTTP layer for the RunComfy endpoints: auth, retries, deadlines, error mapping.
 
-`API` is deliberately thin: it sends, classifies the fault, asks `zlab.retry` what to do, and
-hands bodies to `zlab.protocol`. A 429 pauses every caller sharing this `API` (not just the one
+`API` is deliberately thin: it sends, classifies the fault, asks `zlab.core.retry` what to do, and
+hands bodies to `zlab.core.protocol`. A 429 pauses every caller sharing this `API` (not just the one
 that saw it), so a sweep of hundreds of cells backs off as one instead of hammering the service;
 the pause is capped, and a longer Retry-After fails the call with a message saying how long the
 service asked for. Every exchange has a total deadline (body included), so a trickling answer cannot
-hold a call. Output files are not fetched here: `zlab.download` has its own client, without the token.
+hold a call. Output files are not fetched here: `zlab.api.download` has its own client, without the token.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from urllib.parse import quote
 
 import httpx
 
-from zlab import errors, protocol
-from zlab.config import Secret
-from zlab.retry import Fault, RetryPolicy, backoff_s, should_retry
+from zlab import errors
+from zlab.core import protocol
+from zlab.core.config import Secret
+from zlab.core.retry import Fault, RetryPolicy, backoff_s, should_retry
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=60.0)
 PRICE_TIMEOUT_S = 10.0

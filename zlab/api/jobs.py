@@ -21,20 +21,17 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image
 
 from zlab import errors
-from zlab.api import API
-from zlab.download import Downloader
-from zlab.follow import follow
-from zlab.polling import Pacer, Track
-from zlab.protocol import CancelOutcome, Outcome, Status
-from zlab.request import Request
-
-if TYPE_CHECKING:
-    from zlab.client import AsyncClient
+from zlab.api.download import Downloader
+from zlab.api.follow import follow
+from zlab.api.http import API
+from zlab.core.polling import Pacer, Track
+from zlab.core.protocol import CancelOutcome, Outcome, Status
+from zlab.core.request import Request
 
 NOT_FOUND_GRACE_S = 60.0  # a fresh job's id may 404 for a while on an eventually consistent service
 NOT_FOUND_RETRY_S = 1.0
@@ -64,7 +61,7 @@ class Generation:
 
     def save(self, path: str | Path) -> Path:
         """Write the image bytes exactly as downloaded (no re-encoding)."""
-        from zlab.download import write_atomic
+        from zlab.api.download import write_atomic
 
         target = Path(path)
         write_atomic(target, self.data)
@@ -214,32 +211,42 @@ async def cancel(api: API, request_id: str) -> CancelOutcome:
 
 
 @dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """What a job needs to be followed and collected: the API that accepted it, the downloader (which never
+    sends the token) and the pacer that has learned this API's run times."""
+
+    api: API
+    downloads: Downloader
+    pacer: Pacer
+
+
+@dataclasses.dataclass(frozen=True)
 class Job:
     """A submitted job (async handle). Obtain from `AsyncClient.submit`; `Client.submit` wraps it."""
 
     request_id: str
     request: Request | dict[str, Any] | None
     model: str
-    _client: AsyncClient = dataclasses.field(repr=False, compare=False)
+    _endpoint: Endpoint = dataclasses.field(repr=False, compare=False)
     _track: Track = dataclasses.field(repr=False, compare=False, default_factory=lambda: Track(time.monotonic()))
 
     async def status(self) -> Status:
         """The current state (one /status call)."""
-        return await self._client.api.status(self.request_id)
+        return await self._endpoint.api.status(self.request_id)
 
     async def result(self) -> Outcome:
         """The /result answer now: outputs if finished, else the current phase."""
-        return await self._client.api.result(self.request_id)
+        return await self._endpoint.api.result(self.request_id)
 
     async def cancel(self) -> CancelOutcome:
         """Cancel if still queued; returns `cancelled`, `not_cancellable` or `unknown`. Twice is harmless."""
-        return await cancel(self._client.api, self.request_id)
+        return await cancel(self._endpoint.api, self.request_id)
 
     async def wait(self, timeout: float = 600.0) -> Outcome:
         """Wait until the job ends (adaptive polling); raise JobFailed / JobCancelled / WaitTimeout."""
-        client = self._client
+        endpoint = self._endpoint
         deadline = time.monotonic() + timeout
-        outcome = await wait(client.api, self.request_id, self._track, client.pacer, deadline=deadline)
+        outcome = await wait(endpoint.api, self.request_id, self._track, endpoint.pacer, deadline=deadline)
         failure = failure_of(self.request_id, outcome)
         if failure is not None:
             raise failure
@@ -248,4 +255,4 @@ class Job:
     async def download(self, timeout: float = 600.0) -> Generation:
         """Wait, then download and check the first output image."""
         outcome = await self.wait(timeout)
-        return await collect(self._client.downloads, self.request or {}, self.request_id, outcome, self._track)
+        return await collect(self._endpoint.downloads, self.request or {}, self.request_id, outcome, self._track)

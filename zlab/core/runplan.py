@@ -1,5 +1,5 @@
 """A run's decisions, as pure functions over typed cell states: what to do with each cell, and where a
-cell goes after something happened to its job. The runner (`zlab.runner`) does the I/O around them.
+cell goes after something happened to its job. The runner (`zlab.runs.runner`) does the I/O around them.
 
 What to do with a cell at the start of a run (`decide`):
 

@@ -25,7 +25,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any, Literal
 
-from zlab.polling import Endpoint, Pacer, SeenPhase, Track
+from zlab.core.polling import Endpoint, Pacer, SeenPhase, Track
 
 Positions = Literal["0", "1", "missing"]
 CLIENT_CLOCK = 1000.0  # the client's monotonic clock reads sim time + this

@@ -14,8 +14,17 @@ import math
 import re
 from typing import Any
 
+from zlab.core.request import (
+    MAX_LORAS,
+    SEED_RANGE,
+    SIZE_RANGE,
+    SIZE_STEP,
+    check_int,
+    check_path,
+    check_scale,
+    check_size,
+)
 from zlab.errors import ValidationError
-from zlab.request import MAX_LORAS, SEED_RANGE, SIZE_RANGE, SIZE_STEP, check_int, check_path, check_scale, check_size
 
 LORA_AXIS = re.compile(r"^lora([1-9])_(scale|path)$")
 AXIS_NAMES = (

@@ -1,13 +1,13 @@
 """Notebook front ends: `SweepBuilder` (ipywidgets 8) to design and run a sweep, and `Gallery` (an
-anywidget, in `zlab.gallery_view`) to compare and pick from one.
+anywidget, in `zlab.views.gallery`) to compare and pick from one.
 
-Both are thin: each widget event copies values into the pure layer (`zlab.frontend` for the builder,
-`zlab.gallery.GalleryModel` for the gallery) and shows what comes back. Widget children are public
+Both are thin: each widget event copies values into the pure layer (`zlab.views.builder_model` for the builder,
+`zlab.views.gallery_model.GalleryModel` for the gallery) and shows what comes back. Widget children are public
 attributes, so a test (or a script) can set `.value`s and call `.click()` without a browser. Each is
-shown with a static copy before it (`zlab.fallback`), so a saved notebook, an export or a report
+shown with a static copy before it (`zlab.views.fallback`), so a saved notebook, an export or a report
 shows the form's plan and the run's images rather than a widget error.
 
->>> from zlab.widgets import SweepBuilder, Gallery    # doctest: +SKIP
+>>> from zlab.views.widgets import SweepBuilder, Gallery    # doctest: +SKIP
 >>> builder = SweepBuilder(); builder                 # doctest: +SKIP
 >>> Gallery("runs/tc")                                # doctest: +SKIP
 
@@ -24,18 +24,18 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from zlab.config import DEFAULT_PRICE_PER_MP, resolve_settings
+from zlab.core.config import DEFAULT_PRICE_PER_MP, resolve_settings
+from zlab.core.request import DEFAULT_LORA_PATH, MAX_LORAS
 from zlab.errors import ZlabError
-from zlab.fallback import LIVE_CLASS, show
-from zlab.frontend import Form, LoraRow, default_out_dir, plan_summary
-from zlab.gallery_view import Gallery
-from zlab.progress import shown_in
-from zlab.request import DEFAULT_LORA_PATH, MAX_LORAS
+from zlab.runs.progress import shown_in
+from zlab.views.builder_model import Form, LoraRow, default_out_dir, plan_summary
+from zlab.views.fallback import LIVE_CLASS, show
+from zlab.views.gallery import Gallery
 
 if TYPE_CHECKING:
     from zlab.client import Client
-    from zlab.runner import RunResult
-    from zlab.sweep import Sweep
+    from zlab.runs.runner import RunResult
+    from zlab.runs.sweep import Sweep
 
 __all__ = ["Gallery", "SweepBuilder", "shared_client"]
 
@@ -165,7 +165,7 @@ class SweepBuilder:
         self.summary = w.HTML()
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.status = w.HTML()
-        self.progress = w.HTML()  # the run's progress (zlab.progress draws into it while a run lasts)
+        self.progress = w.HTML()  # the run's progress (zlab.runs.progress draws into it while a run lasts)
         self.output = w.Output()  # the run's log lines land here
         self.result_box = w.VBox()
         inputs = [
@@ -211,7 +211,7 @@ class SweepBuilder:
     # ------------------------------------------------------------ values
 
     def form(self) -> Form:
-        """The widgets' current values as a `zlab.frontend.Form`."""
+        """The widgets' current values as a `zlab.views.builder_model.Form`."""
         rows = tuple(LoraRow(p.value, float(a.value), float(b.value), int(n.value)) for p, a, b, n in self.lora_rows)
         return Form(
             self.prompt.value, rows, self.seeds.value, self.sizes.value, int(self.concurrency.value), self.zip.value
@@ -311,7 +311,7 @@ class SweepBuilder:
         return "".join(parts)
 
     def _static_bundle(self) -> dict[str, str]:
-        from zlab.fallback import static_bundle
+        from zlab.views.fallback import static_bundle
 
         return static_bundle(self.static_html(), repr(self), str(self.widget.model_id))
 

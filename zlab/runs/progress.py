@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from zlab.core.config import in_report
+
 __all__ = ["Progress", "ProgressState", "shown_in"]
 
 _REDRAW_S = 0.25  # at most four redraws a second: updates are cheap, but each is an iopub message
@@ -180,7 +182,7 @@ class Progress:
                 self._draw = lambda _force: sink(self.state.html())
             elif _in_kernel():
                 self._draw = self._draw_html
-            elif os.environ.get("ZLAB_REPORT") is None and getattr(self._file, "isatty", lambda: False)():
+            elif not in_report() and getattr(self._file, "isatty", lambda: False)():
                 self._draw = self._draw_text
         self._refresh(force=True)
 

@@ -4,7 +4,7 @@
     DIR/images/KEY.png      each image, named by its request key, with the request as PNG metadata
     DIR/sweep.json          the sweep as last run (for people; the ledger holds what resume needs)
     DIR/.zlab/ledger.sqlite each cell's state, written *before* its submit leaves; the drawn seeds
-    DIR/.zlab/lock          held by the one process writing the directory (`zlab.lock`)
+    DIR/.zlab/lock          held by the one process writing the directory (`zlab.runs.lock`)
 
 The ledger is the source of truth. A cell is `submitting` right before its POST leaves and `accepted`
 with its request id (and the API that accepted it) the moment the answer arrives, so a process killed
@@ -34,18 +34,11 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from zlab.download import write_atomic
+from zlab.api.download import write_atomic
+from zlab.core.table import EXTRA_COLUMNS, RESULT_COLUMNS
 from zlab.errors import ConfigError
-from zlab.lock import DirLock
+from zlab.runs.lock import DirLock
 
-RESULT_COLUMNS = (
-    "key", "prompt", "width", "height", "seed",
-    "lora1_path", "lora1_scale", "lora2_path", "lora2_scale", "lora3_path", "lora3_scale",
-    "status", "error", "request_id", "image_path", "image_url",
-    "submitted_at", "finished_at", "queue_s", "run_s", "cost_usd", "base_url",
-)  # fmt: skip
-# Added after the contract's columns (none is ever removed or renamed).
-EXTRA_COLUMNS = ("cost_source", "image_width", "image_height", "note", "cached")
 MAX_COLLECT_ATTEMPTS = 5  # tries to fetch a paid job's image before it is called lost
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (

@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from zlab.errors import ValidationError
-from zlab.results import varying_columns
+from zlab.runs.tables import varying_columns
 from zlab.sheet import thumbs
 from zlab.sheet.cells import norm_value
 from zlab.sheet.layout import format_value
