@@ -74,6 +74,7 @@ class AsyncClient:
 
     @property
     def base_url(self) -> str:
+        """The API this client talks to (the built-in server's loopback URL when it started one)."""
         return self.api.base_url
 
     @property
@@ -156,6 +157,7 @@ class AsyncClient:
         return Job(request_id, request, self.model, self.endpoint)
 
     async def status(self, request_id: str) -> Status:
+        """The current state of a job by its request id (one /status call)."""
         return await self.api.status(request_id)
 
     async def generate(self, request: Request | dict[str, Any], *, timeout: float = 600.0) -> Generation:
@@ -201,6 +203,7 @@ class AsyncClient:
         return result
 
     async def aclose(self) -> None:
+        """Close the HTTP clients and stop the built-in server if this client started it."""
         await self.api.aclose()
         await self.downloads.aclose()
         if self._server is not None:
@@ -252,19 +255,29 @@ class Client:
     def __init__(self, token: str | Secret | None = None, base_url: str | None = None, **options: Any) -> None:
         self.aclient = AsyncClient(token, base_url, **options)
 
-    base_url = property(lambda self: self.aclient.base_url)
-    settings = property(lambda self: self.aclient.settings)
+    @property
+    def base_url(self) -> str:
+        """The API this client talks to (the built-in server's loopback URL when it started one)."""
+        return self.aclient.base_url
+
+    @property
+    def settings(self) -> Settings:
+        """Where the API is, the token (hidden) and the fallback prices, as read when the client was built."""
+        return self.aclient.settings
 
     def __repr__(self) -> str:
         return repr(self.aclient).replace("AsyncClient", "Client", 1)
 
     def submit(self, request: Request | dict[str, Any], *, model: str | None = None) -> SyncJob:
+        """Send one job; its handle as soon as the service accepts it (see `AsyncClient.submit`)."""
         return SyncJob(_loop.run_sync(self.aclient.submit(request, model=model)))
 
     def job(self, request_id: str, request: Request | dict[str, Any] | None = None) -> SyncJob:
+        """A handle for a job submitted earlier, by its request id (e.g. to collect it)."""
         return SyncJob(self.aclient.job(request_id, request))
 
     def generate(self, request: Request | dict[str, Any], *, timeout: float = 600.0) -> Generation:
+        """Submit, wait and download: the image and its metadata (see `AsyncClient.generate`)."""
         return _loop.run_sync(self.aclient.generate(request, timeout=timeout))
 
     def pricing(self) -> Pricing:
@@ -282,6 +295,7 @@ class Client:
         return _loop.run_sync(self.aclient.run(sweep, out, **options), result_on_interrupt=quiet)
 
     def close(self) -> None:
+        """Close the client (and the built-in server it started, if any)."""
         _loop.run_sync(self.aclient.aclose())
 
     def __enter__(self) -> Client:

@@ -57,6 +57,7 @@ class Generation:
 
     @property
     def size(self) -> tuple[int, int]:
+        """(width, height) of the image as the service rendered it."""
         return self.image.size
 
     def save(self, path: str | Path) -> Path:

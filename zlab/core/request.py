@@ -85,6 +85,7 @@ class LoRA:
         object.__setattr__(self, "scale", check_scale("lora.scale", self.scale))
 
     def to_input(self) -> dict[str, Any]:
+        """The LoRA as the API's input takes it: `{"path": …, "scale": …}`."""
         return {"path": self.path, "scale": self.scale}
 
 
@@ -162,6 +163,7 @@ class Request:
         }
 
     def canonical_json(self, model: str = MODEL_ID) -> str:
+        """The request as canonical JSON (sorted keys, every field explicit): what its `key` hashes."""
         return canonical_json(model, self.to_input())
 
     @property
@@ -171,6 +173,7 @@ class Request:
 
     @property
     def megapixels(self) -> float:
+        """Output size in megapixels (what per-megapixel prices and run-time estimates scale with)."""
         return self.width * self.height / 1_000_000
 
     def replace(self, **changes: Any) -> Request:

@@ -34,6 +34,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """True when every cell succeeded (the command then exits 0)."""
         return not self.interrupted and self.counts.get("succeeded", 0) == len(self.df)
 
     @property
@@ -46,6 +47,7 @@ class RunResult:
         return 0 if self.ok else 1
 
     def summary(self) -> str:
+        """One line: counts by status, time, calls, cost, and why cells were not done (with counts)."""
         tallies = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
         calls = sum(self.calls.values())
         stop = " (interrupted: rerun to resume)" if self.interrupted else ""

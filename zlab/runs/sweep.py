@@ -151,6 +151,7 @@ class Sweep:
         }
 
     def with_seed_draws(self, draws: Sequence[int]) -> Sweep:
+        """The same sweep with the draws for `seed: -1` fixed (a run directory keeps its draws forever)."""
         return Sweep(
             self.base,
             self._raw["axes"],
