@@ -5,8 +5,8 @@ diffusers backend runs it on a preparation thread while the GPU renders the prev
 
 1. the file: `LoraFiles` resolves the path (a download, a hub file, a local file);
 2. its identity: a SHA-256 of the file's bytes, computed once per file version (cached by path,
-   size and modification time), so a retrained file copied in with `cp -p` or `rsync -a` at the same
-   size is still a new adapter, and two copies of one file are one adapter;
+   size, modification and change times and inode), so a retrained file copied in with `cp -p` or
+   `rsync -a` at the same size and mtime is still a new adapter, and two copies of one file are one;
 3. its tensors in diffusers' layout (`lora_formats`: refusals, diffusers' conversion, fused-qkv split),
    checked against the model's linear layers (`loras.unmatched_keys`).
 
@@ -67,7 +67,7 @@ class AdapterStore:
 
     def __init__(self, files: LoraFiles, read: ReadLora, linears: Mapping[str, tuple[int, int]], keep: int = 8) -> None:
         self.files, self._read, self._linears, self._keep = files, read, dict(linears), max(1, keep)
-        self._digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) → content hash
+        self._digests: dict[tuple[str, int, int, int, int], str] = {}  # the file's stat → content hash
         self._ready: collections.OrderedDict[str, PreparedAdapter] = collections.OrderedDict()
         self._failed: dict[str, str] = {}  # adapter name → the message every cell naming it gets
         self._guard = threading.Lock()
@@ -78,7 +78,8 @@ class AdapterStore:
         """The adapter name of the file `path` names now: `zlab_` and 16 hex digits of its content hash."""
         local = self.files.local_file(path)
         stat = local.stat()
-        key = (str(local), stat.st_size, stat.st_mtime_ns)
+        # ctime and inode too: `cp -p` and `rsync -a` restore the mtime, but any write moves the ctime.
+        key = (str(local), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
         with self._guard:
             digest = self._digests.get(key)
         if digest is None:
