@@ -32,6 +32,7 @@ import dataclasses
 import io
 import math
 import queue
+import re
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -89,10 +90,12 @@ def version_tuple(version: str) -> tuple[int, ...]:
     """ "0.42.1" → (0, 42, 1); "0.43.0.dev0" → (0, 43, 0)."""
     parts = []
     for part in version.split("."):
-        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
-        if not digits:
+        digits = re.match(r"\d+", part)
+        if digits is None:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
+        if digits.end() < len(part):  # "0rc1": a pre-release of this number ends the version
+            break
     return tuple(parts)
 
 
