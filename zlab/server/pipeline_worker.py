@@ -103,6 +103,7 @@ class PipelineWorker:
         self._lora_enabled = True
         self.counts: collections.Counter[str] = collections.Counter()  # renders, adapter loads/unloads
         self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)  # time on each
+        self.span: tuple[float, float] | None = None  # perf_counter of the first compute's start, the last's end
 
     def compute(
         self,
@@ -144,14 +145,17 @@ class PipelineWorker:
                 "(text encoder on the CPU), or render smaller images"
             ) from None
         finally:
-            self.seconds["compute"] += time.perf_counter() - started
+            ended = time.perf_counter()
+            self.seconds["compute"] += ended - started
+            self.span = (self.span[0] if self.span else started, ended)
         if not pixels.any():
             raise RenderError(f"the image came out all black on {self.device} ({NAN_HINT})")
         self.counts["renders"] += 1
         return pixels
 
     def clear(self) -> None:
-        """Unload every adapter (a benchmark's cold start; call it between renders)."""
+        """Unload every adapter and restart `span` (a benchmark's cold start; call it between renders)."""
+        self.span = None
         if self._adapters:
             self.pipe.delete_adapters(list(self._adapters))
         self._adapters.clear()
