@@ -108,6 +108,28 @@ def test_a_nan_or_all_black_image_fails_with_the_reason_and_the_server_carries_o
         backend.close()
 
 
+def test_after_running_out_of_gpu_memory_the_job_fails_saying_so_and_the_next_one_renders(tmp_path):
+    import torch
+
+    backend = Backend(tmp_path)
+    raised: list[bool] = []
+
+    def out_of_memory(*_):
+        if not raised:  # what the CUDA allocator raises mid-render; on this CPU-only machine, raised by hand
+            raised.append(True)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    backend.pipe.transformer.register_forward_pre_hook(out_of_memory)
+    try:
+        answer = backend.result(seed=4)
+        assert answer["status"] == "failed", answer
+        assert "out of GPU memory on cpu at 256x256" in answer["error"]["message"]
+        assert "--offload" in answer["error"]["message"]
+        assert backend.image(seed=4).shape == (SIZE, SIZE, 3)  # cached memory released, the server serves on
+    finally:
+        backend.close()
+
+
 def test_the_next_prompt_is_encoded_while_the_device_renders_and_png_is_not_on_its_thread(tmp_path):
     backend = Backend(tmp_path)
     second_encoded, threads = threading.Event(), {}

@@ -88,9 +88,9 @@ class AdapterStore:
                     digest = self._digests.get(key)
                 if digest is None:
                     digest = file_digest(local)
-                    self.counts["hashes"] += 1
                     with self._guard:
                         self._digests[key] = digest
+                        self.counts["hashes"] += 1
         return "zlab_" + digest[:16]
 
     def prepare(self, path: str) -> PreparedAdapter:
@@ -127,7 +127,8 @@ class AdapterStore:
 
     def _convert(self, path: str, name: str) -> PreparedAdapter:
         local = self.files.local_file(path)
-        self.counts["reads"] += 1
+        with self._guard:
+            self.counts["reads"] += 1
         keys = safetensors_keys(local)
         kind = layout(keys)
         refused = refusal(keys, repr(path))
