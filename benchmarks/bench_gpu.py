@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nLoRA scale sweep on GPU {gpus[0]}: {args.images} images of {width}x{width}, median of rounds")
             print(table(rows))
             print("round-to-round spread (s): " + ", ".join(f"{k} {v:.2f}" for k, v in spread.items()))
-            print("\n".join(verdict(rows)))
+            print("\n".join(verdict(rounds)))
         print(f"\nPer-GPU scaling: {args.images} images per GPU of {width}x{height}")
         print("\n".join(scaling(pipes, lora, args.images, (width, height), args.repeats)))
     return 0

@@ -97,8 +97,18 @@ def test_a_lokr_renders_as_the_lora_with_its_kronecker_update(shared):
             ),
             "kohya/LyCORIS DoRA",
         ),
+        (
+            lambda pipe: {"diffusion_model.layers.0.attention.to_q.diff": __import__("torch").zeros(32, 32)},
+            "full-weight differences",
+        ),
+        (
+            lambda pipe: {
+                f"diffusion_model.layers.0.attention.qkv.lokr_w{i}": __import__("torch").ones(4, 4) for i in (1, 2)
+            },
+            "LoKr on the fused qkv projection",
+        ),
     ],
-    ids=["LoHa", "kohya DoRA"],
+    ids=["LoHa", "kohya DoRA", "full diff", "fused-qkv LoKr"],
 )
 def test_kinds_diffusers_cannot_apply_are_refused_in_one_short_line(shared, build, words):
     path = _write(shared, "refused", build(shared.pipe))

@@ -145,5 +145,5 @@ class AdapterStore:
             raise RenderError(f"LoRA {path!r} holds no LoRA tensors")
         problems = unmatched_keys({k: tuple(v.shape) for k, v in state_dict.items()}, self._linears)
         if problems:
-            raise RenderError(mismatch_message(path, problems, len(state_dict)))
+            raise RenderError(mismatch_message(path, problems, len(state_dict), kind))
         return PreparedAdapter(name, path, kind, state_dict, metadata)

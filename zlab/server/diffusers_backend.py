@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import io
 import math
@@ -197,7 +198,8 @@ class _Job:
                 else:
                     self.future.set_result(result)  # type: ignore[arg-type]
 
-        self.loop.call_soon_threadsafe(done)
+        with contextlib.suppress(RuntimeError):  # the server's loop has closed: nobody awaits this job any more
+            self.loop.call_soon_threadsafe(done)
 
 
 class DiffusersRenderer:

@@ -151,11 +151,12 @@ def unmatched_keys(
     return problems
 
 
-def mismatch_message(path: str, problems: Sequence[str], total: int) -> str:
-    """Why a LoRA was refused, with a few of the keys that do not fit."""
+def mismatch_message(path: str, problems: Sequence[str], total: int, kind: str = "") -> str:
+    """Why a LoRA was refused (its layout `kind`, when known), with a few of the keys that do not fit."""
     shown = ", ".join(problems[:3]) + (", …" if len(problems) > 3 else "")
+    what = f"LoRA {path!r} ({kind})" if kind else f"LoRA {path!r}"
     return (
-        f"LoRA {path!r} does not fit Z-Image Turbo: {len(problems)} of {total} tensors match no layer of its "
+        f"{what} does not fit Z-Image Turbo: {len(problems)} of {total} tensors match no layer of its "
         f"transformer ({shown}); is it a LoRA for another model?"
     )
 
