@@ -288,7 +288,10 @@ class DiffusersRenderer:
             except Exception as exc:
                 job.settle(error=_readable(exc))
                 continue
-            self._finish_pool.submit(self._finish, job, worker, pixels)
+            try:
+                self._finish_pool.submit(self._finish, job, worker, pixels)
+            except RuntimeError:  # `close()` shut the pool down while this image rendered
+                job.settle(error=RenderError("the server stopped before the image was encoded"))
 
     def _finish(self, job: _Job, worker: PipelineWorker, pixels: np.ndarray) -> None:
         try:
