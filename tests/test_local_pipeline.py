@@ -23,7 +23,7 @@ from zlab.errors import ConfigError
 from zlab.request import MODEL_ID
 from zlab.server import LocalServer
 from zlab.server import tiny_zimage as tz
-from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings, version_tuple
+from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings, place, version_tuple
 from zlab.server.loras import LoraFiles
 
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"skipped: {MISSING}")
@@ -206,6 +206,15 @@ def test_jobs_go_to_whichever_device_is_free_and_render_alike(tmp_path):
     solo = DiffusersRenderer.from_pipelines([tz.tiny_pipeline()], "tiny", files=LoraFiles(tmp_path))
     with LocalServer(renderer=solo) as server, Submitter(server.base_url) as submit:
         assert np.array_equal(submit.image(submit("a red fox", seed=3)), images[ids[2]])  # any device, same image
+
+
+def test_offload_keeps_the_transformer_and_vae_on_the_device_and_only_the_text_encoder_on_the_cpu():
+    one_thread()
+    pipe = tz.tiny_pipeline()
+    place(pipe, "meta", offload=True)  # "meta" stands in for a GPU here: weights move, nothing is computed
+    devices = {name: next(getattr(pipe, name).parameters()).device.type for name in ("transformer", "vae")}
+    assert devices == {"transformer": "meta", "vae": "meta"}
+    assert next(pipe.text_encoder.parameters()).device.type == "cpu"
 
 
 def test_versions_compare_as_numbers():
