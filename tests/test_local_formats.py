@@ -86,25 +86,29 @@ def test_a_lokr_renders_as_the_lora_with_its_kronecker_update(shared):
     assert shared.result([(_write(shared, "lokr", lokr), 0.0)])["status"] == "succeeded"
 
 
+def _tensors(*names: str) -> dict:
+    """Stand-in tensors under these names (the refusals below go by the names alone)."""
+    import torch
+
+    return {name: torch.ones(4, 32) for name in names}
+
+
 @pytest.mark.parametrize(
     ("build", "words"),
     [
         (lambda pipe: tz.to_loha(tz.random_lora(pipe, seed=3)), "is a LoHa adapter"),
         (
             lambda pipe: (
-                tz.to_kohya(tz.random_lora(pipe, seed=3))
-                | {"lora_unet_layers_0_attention_to_q.dora_scale": __import__("torch").ones(1, 32)}
+                tz.to_kohya(tz.random_lora(pipe, seed=3)) | _tensors("lora_unet_layers_0_attention_to_q.dora_scale")
             ),
             "kohya/LyCORIS DoRA",
         ),
         (
-            lambda pipe: {"diffusion_model.layers.0.attention.to_q.diff": __import__("torch").zeros(32, 32)},
+            lambda pipe: _tensors("diffusion_model.layers.0.attention.to_q.diff"),
             "full-weight differences",
         ),
         (
-            lambda pipe: {
-                f"diffusion_model.layers.0.attention.qkv.lokr_w{i}": __import__("torch").ones(4, 4) for i in (1, 2)
-            },
+            lambda pipe: _tensors(*(f"diffusion_model.layers.0.attention.qkv.lokr_w{i}" for i in (1, 2))),
             "LoKr on the fused qkv projection",
         ),
     ],
