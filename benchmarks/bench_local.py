@@ -1,22 +1,30 @@
-"""A LoRA scale sweep on this machine: zlab's diffusers backend against the naive diffusers loop, side by side.
+"""A LoRA scale sweep on this machine: zlab's diffusers backend against two hand-written diffusers loops.
 
-    python benchmarks/bench_local.py [--images 32] [--size 256] [--repeats 3] [--device cpu|cuda] [--model DIR]
-                                     [--threads N]
+    python benchmarks/bench_local.py [--images 32] [--size 256] [--repeats 3] [--threads 1] [--device cpu|cuda]
+                                     [--model DIR]
 
-* naive: what a notebook usually does for each image: load the LoRA, set its scale, call the pipeline with
-  the prompt (so the text encoder runs every time), unload the LoRA;
-* zlab, direct: the backend's `DiffusersRenderer.render` for each image, in order: the adapter is loaded
-  once and switched by scale, the prompt is encoded once, each image is encoded as PNG;
-* zlab, HTTP: the same through `zlab serve --backend diffusers`'s code (a `LocalServer` over loopback
-  HTTP), every image submitted at once, polled and downloaded: what `zlab run` sees.
+Four contenders render the same sweep (8 steps, guidance 0, the same seeds and scales), each image
+encoded as PNG:
 
-All use 8 steps, guidance 0 and the same seeds; each contender starts with nothing cached, and the rounds
-alternate so that a busy machine slows all of them alike (the median round is shown). Beside the wall time:
-how often the text encoder ran and how long it took, and how many adapter loads there were and how long
-loading and unloading took. By default the pipeline is the tiny random Z-Image (`zlab.testing.tiny_zimage`),
-whose denoising is cheap, so those two columns are the figures that carry over to the real model (where
-one text-encoder pass and one LoRA load each cost about as much as several denoising steps); `--model`
-runs the real Z-Image Turbo from a local folder (on a GPU).
+* naive: what a notebook often does for each image: load the LoRA, set its scale, call the pipeline
+  with the prompt (the text encoder runs every time), PNG, unload the LoRA;
+* sensible: the loop a careful user writes: the LoRA loaded once, its scale set per image with
+  `set_adapters`, then the pipeline call with the prompt, then PNG (one thread does it all);
+* zlab: the backend's `DiffusersRenderer`, given the whole sweep as the server would give it (its
+  `capacity` in flight): prompt encoded once, adapter loaded once, PNG encoding and preparation on
+  other threads beside the compute thread;
+* zlab over HTTP: the same behind `LocalServer` on loopback, driven by `zlab run`'s own client
+  (`AsyncClient.run`) in another process, as in real use: every cell queued, followed, downloaded, saved.
+
+The rounds alternate so a busy machine slows every contender alike; the median round of each is
+shown. For zlab, the **compute thread's busy fraction**: the time its one thread spent switching
+adapters, denoising and decoding, over the sweep's wall time (on a GPU, the GPU's share of the
+sweep, since each image's pixels are copied back, which waits for the GPU); and the same over the
+span from its first image's start to its last image's end, with the idle seconds outside that span
+(over HTTP: the client planning and submitting before, and noticing, downloading and saving the last
+image after). By default the pipeline
+is the tiny random Z-Image (`zlab.testing.tiny_zimage`); `--model` runs a Z-Image Turbo folder.
+`bench_gpu.py` runs the same contenders on a full-size random-weight Z-Image Turbo on GPUs.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import argparse
 import asyncio
 import dataclasses
 import io
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from zlab.core.request import MODEL_ID, LoRA, Request
+from zlab.core.request import LoRA, Request
 from zlab.server import LocalServer
 from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings, load_renderer
 from zlab.server.loras import LoraFiles
@@ -43,6 +51,7 @@ from zlab.testing.tiny_zimage import random_lora, save_lora, tiny_pipeline
 
 PROMPT = "t3chnic4lly vibrant 1960s close-up of a woman sitting under a tree"
 Sweep = list[tuple[float, int]]  # (scale, seed) per image
+TARGETS = {"busy": 0.95, "vs sensible": 0.95, "vs naive": 1.4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,33 +62,28 @@ class Figures:
     images: int
     seconds: float
     encoder_calls: int
-    encoder_seconds: float
     adapter_loads: int
-    adapter_seconds: float  # loading and unloading adapters
+    busy: float | None = None  # zlab: the compute thread's share of the wall time
+    busy_span: float | None = None  # …of the span from its first image's start to its last one's end
+    idle_ends: float | None = None  # seconds of the wall before the first image starts and after the last ends
 
     @property
     def per_second(self) -> float:
         return self.images / self.seconds
 
 
-class EncoderClock:
-    """Counts and times the text encoder's forward passes with hooks (the truth, whoever calls it)."""
+class EncoderCount:
+    """Counts the text encoder's forward passes with a hook (the truth, whoever calls it)."""
 
     def __init__(self, pipe: Any) -> None:
-        self.calls, self.seconds, self._started = 0, 0.0, 0.0
-        encoder = pipe.text_encoder
-        self._handles = [encoder.register_forward_pre_hook(self._start), encoder.register_forward_hook(self._stop)]
+        self.calls = 0
+        self._handle = pipe.text_encoder.register_forward_hook(self._count)
 
-    def _start(self, *_: object) -> None:
-        self._started = time.perf_counter()
-
-    def _stop(self, *_: object) -> None:
+    def _count(self, *_: object) -> None:
         self.calls += 1
-        self.seconds += time.perf_counter() - self._started
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+        self._handle.remove()
 
 
 def cells(images: int) -> Sweep:
@@ -89,77 +93,136 @@ def cells(images: int) -> Sweep:
     return [(scale, seed) for seed in (1, 2) for scale in scales][:images]
 
 
-def naive(pipe: Any, lora: Path, sweep: Sweep, size: int) -> Figures:
-    """Load, scale, render, unload, for every image: the loop most notebooks start with."""
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _call(pipe: Any, size: int, seed: int) -> Any:
     import torch
 
-    clock, adapter_seconds = EncoderClock(pipe), 0.0
+    return pipe(
+        prompt=PROMPT,
+        width=size,
+        height=size,
+        num_inference_steps=8,
+        guidance_scale=0.0,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images[0]
+
+
+def naive(pipe: Any, lora: Path, sweep: Sweep, size: int) -> Figures:
+    """Load, scale, render, PNG, unload, for every image."""
+    counter = EncoderCount(pipe)
     started = time.perf_counter()
     for scale, seed in sweep:
-        t0 = time.perf_counter()
         pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="style")
         pipe.set_adapters(["style"], adapter_weights=[scale])
-        adapter_seconds += time.perf_counter() - t0
-        image = pipe(
-            prompt=PROMPT,
-            width=size,
-            height=size,
-            num_inference_steps=8,
-            guidance_scale=0.0,
-            generator=torch.Generator("cpu").manual_seed(seed),
-        ).images[0]
-        image.save(io.BytesIO(), format="PNG")
-        t0 = time.perf_counter()
+        _png(_call(pipe, size, seed))
         pipe.unload_lora_weights()
-        adapter_seconds += time.perf_counter() - t0
     seconds = time.perf_counter() - started
-    clock.close()
-    return Figures("naive diffusers loop", len(sweep), seconds, clock.calls, clock.seconds, len(sweep), adapter_seconds)
+    counter.close()
+    return Figures("naive loop (load/unload per image)", len(sweep), seconds, counter.calls, len(sweep))
 
 
-def _backend_figures(name: str, renderer: DiffusersRenderer, run: Callable[[], None], images: int) -> Figures:
-    clock = EncoderClock(renderer.workers[0].pipe)
-    counts, seconds = renderer.counts, renderer.seconds
+def sensible(pipe: Any, lora: Path, sweep: Sweep, size: int) -> Figures:
+    """The LoRA loaded once, its scale set per image; prompt, render and PNG on one thread."""
+    counter = EncoderCount(pipe)
+    started = time.perf_counter()
+    pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="style")
+    for scale, seed in sweep:
+        pipe.set_adapters(["style"], adapter_weights=[scale])
+        _png(_call(pipe, size, seed))
+    pipe.unload_lora_weights()
+    seconds = time.perf_counter() - started
+    counter.close()
+    return Figures("sensible loop (LoRA loaded once)", len(sweep), seconds, counter.calls, 1)
+
+
+def _measured(name: str, renderer: DiffusersRenderer, run: Callable[[], None], images: int) -> Figures:
+    counter = EncoderCount(renderer.encoder.pipe)
+    loads, compute = renderer.counts.get("adapter_loads", 0), renderer.seconds.get("compute", 0.0)
     started = time.perf_counter()
     run()
     wall = time.perf_counter() - started
-    clock.close()
-    loads = renderer.counts.get("adapter_loads", 0) - counts.get("adapter_loads", 0)
-    load_seconds = sum(renderer.seconds.get(k, 0.0) - seconds.get(k, 0.0) for k in ("adapter_loads", "adapter_unloads"))
-    return Figures(name, images, wall, clock.calls, clock.seconds, loads, load_seconds)
+    counter.close()
+    ended = time.perf_counter()
+    busy_seconds = (renderer.seconds.get("compute", 0.0) - compute) / len(renderer.workers)
+    spans = [w.span for w in renderer.workers if w.span is not None]  # `clear()` restarted them
+    first, last = min(s[0] for s in spans), max(s[1] for s in spans)
+    return Figures(
+        name,
+        images,
+        wall,
+        counter.calls,
+        renderer.counts.get("adapter_loads", 0) - loads,
+        busy_seconds / wall,
+        busy_seconds / (last - first),
+        (first - started) + (ended - last),
+    )
 
 
-def direct(renderer: DiffusersRenderer, lora: Path, sweep: Sweep, size: int) -> Figures:
-    """The backend's own render, image after image, with no server in between."""
+def zlab_direct(renderer: DiffusersRenderer, lora: Path, sweep: Sweep, size: int) -> Figures:
+    """The backend's renderer given the sweep as the server gives it: `capacity` renders in flight."""
 
     async def run() -> None:
-        for scale, seed in sweep:
-            await renderer.render(Request(PROMPT, loras=[LoRA(str(lora), scale)], width=size, height=size, seed=seed))
+        slots = asyncio.Semaphore(renderer.capacity)
 
-    return _backend_figures("zlab diffusers backend, direct", renderer, lambda: asyncio.run(run()), len(sweep))
+        async def one(scale: float, seed: int) -> None:
+            async with slots:
+                request = Request(PROMPT, loras=[LoRA(str(lora), scale)], width=size, height=size, seed=seed)
+                await renderer.render(request)
+
+        await asyncio.gather(*(one(scale, seed) for scale, seed in sweep))
+
+    return _measured("zlab backend", renderer, lambda: asyncio.run(run()), len(sweep))
 
 
-def over_http(server: LocalServer, renderer: DiffusersRenderer, lora: Path, sweep: Sweep, size: int) -> Figures:
-    """The sweep through the local server with the diffusers backend, over loopback HTTP."""
+CLIENT = """
+import asyncio, json, sys, tempfile, time
+from zlab import AsyncClient, LoRA, Request, Sweep
+url, lora, size, prompt = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[6]
+scales, seeds = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+sweep = Sweep(Request(prompt, loras=[LoRA(lora, 1.0)], width=size, height=size, seed=1),
+              axes={"lora1_scale": scales, "seed": seeds})
+async def main(out):
+    async with AsyncClient(base_url=url) as client:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        result = await client.run(sweep, out, concurrency=len(scales) * len(seeds), progress=False, cache=False,
+                                  echo=lambda line: None)
+    print(json.dumps(result.counts), flush=True)
+with tempfile.TemporaryDirectory() as out:
+    asyncio.run(main(out))
+"""
+
+
+def zlab_http(server: LocalServer, renderer: DiffusersRenderer, lora: Path, sweep: Sweep, size: int) -> Figures:
+    """`zlab run`'s client (`AsyncClient.run`, in its own process as in real use) against the local server:
+    every cell queued at once, followed, downloaded and saved. Timed from its go to its last image."""
+    scales = sorted({scale for scale, _ in sweep})
+    seeds = sorted({seed for _, seed in sweep})
+    args = [str(lora), str(size), json.dumps(scales), json.dumps(seeds), PROMPT]
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, server.base_url, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    if child.stdout.readline().strip() != "ready":
+        raise RuntimeError("the client process did not start")
 
     def run() -> None:
-        with httpx.Client(base_url=server.base_url, timeout=60) as http:
-            pending = []
-            for scale, seed in sweep:
-                body = {"prompt": PROMPT, "loras": [{"path": str(lora), "scale": scale}], "seed": seed}
-                answer = http.post(f"/v1/models/{MODEL_ID}", json=body | {"width": size, "height": size})
-                pending.append(answer.json()["request_id"])
-            while pending:
-                result = http.get(f"/v1/requests/{pending[0]}/result").json()
-                if result["status"] == "succeeded":
-                    http.get(result["output"]["image"]).raise_for_status()
-                    pending.pop(0)
-                elif result["status"] == "failed":
-                    raise RuntimeError(result["error"])
-                else:
-                    time.sleep(0.005)
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        counts = json.loads(child.stdout.readline())
+        if counts.get("succeeded") != len(scales) * len(seeds):
+            raise RuntimeError(f"the client's sweep did not succeed: {counts}")
 
-    return _backend_figures("zlab diffusers backend, HTTP", renderer, run, len(sweep))
+    try:
+        return _measured("zlab run's client over HTTP", renderer, run, len(scales) * len(seeds))
+    finally:
+        child.wait(timeout=60)
 
 
 def median_round(rounds: list[Figures]) -> Figures:
@@ -168,19 +231,74 @@ def median_round(rounds: list[Figures]) -> Figures:
     return ordered[len(ordered) // 2]
 
 
-def table(rows: list[Figures], baseline: Figures) -> str:
-    """A Markdown table of the figures, each row's speed-up against `baseline`."""
+def compare(
+    renderer: DiffusersRenderer,
+    server: LocalServer,
+    lora: Path,
+    sweep: Sweep,
+    size: int,
+    repeats: int,
+    say: Callable[[str], None] = print,
+) -> dict[str, list[Figures]]:
+    """Every contender, `repeats` alternating rounds each, one warm-up image each first (not counted)."""
+    pipe = renderer.workers[0].pipe
+    contenders: dict[str, Callable[[Sweep], Figures]] = {
+        "naive": lambda s: naive(pipe, lora, s, size),
+        "sensible": lambda s: sensible(pipe, lora, s, size),
+        "zlab": lambda s: zlab_direct(renderer, lora, s, size),
+        "http": lambda s: zlab_http(server, renderer, lora, s, size),
+    }
+    rounds: dict[str, list[Figures]] = {name: [] for name in contenders}
+    for run in contenders.values():
+        renderer.clear()
+        run(sweep[:1])  # first-call allocations and lazy imports, outside the timings
+    for index in range(repeats):
+        for name, run in contenders.items():
+            renderer.clear()  # each contender starts with no adapter and no prompt cached
+            rounds[name].append(run(sweep))
+            say(f"  round {index + 1}: {name} {rounds[name][-1].seconds:.2f} s")
+    return rounds
+
+
+def table(rows: dict[str, Figures]) -> str:
+    """A Markdown table: each row's images/s against the naive and the sensible loop's."""
+    naive_rate, sensible_rate = rows["naive"].per_second, rows["sensible"].per_second
     lines = [
-        "| contender | images | wall s | images/s | text-encoder calls (s) | adapter loads (s) | vs naive |",
-        "|---|---|---|---|---|---|---|",
+        "| contender | images | wall s | images/s | text-encoder calls | adapter loads | compute busy "
+        "| busy first→last image (idle before + after, s) | vs naive | vs sensible |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in rows.values():
+        busy = f"{r.busy:.1%}" if r.busy is not None else "–"
+        span = f"{r.busy_span:.1%} ({r.idle_ends:.2f})" if r.busy_span is not None else "–"
         lines.append(
-            f"| {r.name} | {r.images} | {r.seconds:.2f} | {r.per_second:.2f} | {r.encoder_calls} "
-            f"({r.encoder_seconds:.2f}) | {r.adapter_loads} ({r.adapter_seconds:.2f}) "
-            f"| {baseline.seconds / r.seconds:.2f}× |"
+            f"| {r.name} | {r.images} | {r.seconds:.2f} | {r.per_second:.2f} | {r.encoder_calls} | {r.adapter_loads} "
+            f"| {busy} | {span} | {r.per_second / naive_rate:.2f}× | {r.per_second / sensible_rate:.2f}× |"
         )
     return "\n".join(lines)
+
+
+def verdict(rounds: dict[str, list[Figures]]) -> list[str]:
+    """The issue's targets, met or missed, for zlab (direct) and zlab over HTTP. Speed ratios are the median
+    of each round's own ratio (a round runs the contenders back to back, so they share the machine's load)."""
+    lines = []
+    for name in ("zlab", "http"):
+        mine = rounds[name]
+
+        def ratio(other: str, mine: list[Figures] = mine) -> float:
+            return statistics.median(m.per_second / o.per_second for m, o in zip(mine, rounds[other], strict=True))
+
+        checks = {
+            "busy": statistics.median(r.busy or 0.0 for r in mine),
+            "vs sensible": ratio("sensible"),
+            "vs naive": ratio("naive"),
+        }
+        parts = [
+            f"{what} {value:.2f} (target ≥ {TARGETS[what]}: {'met' if value >= TARGETS[what] else 'MISSED'})"
+            for what, value in checks.items()
+        ]
+        lines.append(f"{mine[0].name} (medians over rounds): " + "; ".join(parts))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,35 +321,26 @@ def main(argv: list[str] | None = None) -> int:
         files = LoraFiles(Path(tmp) / "cache")
         if args.model:
             renderer = load_renderer(DiffusersSettings(model=args.model, device=device), files)
-            pipe, what = renderer.workers[0].pipe, args.model
+            what = args.model
         else:
             pipe = tiny_pipeline().to(device)
             renderer = DiffusersRenderer.from_pipelines([pipe], "tiny-random-z-image", files=files)
             what = "tiny random Z-Image"
-        lora = save_lora(random_lora(pipe, seed=1), Path(tmp) / "style.safetensors")
+        lora = save_lora(random_lora(renderer.workers[0].pipe, seed=1), Path(tmp) / "style.safetensors")
         sweep = cells(args.images)
-        rounds: dict[str, list[Figures]] = {"naive": [], "direct": [], "http": []}
         with LocalServer(renderer=renderer) as server:  # closes the renderer when it stops
-            # Warm up every path (first-call allocations, lazy imports) outside the timings.
-            naive(pipe, lora, sweep[:1], args.size)
-            over_http(server, renderer, lora, sweep[:1], args.size)
-            for _ in range(args.repeats):
-                renderer.clear()  # each round starts with no adapter and no prompt cached
-                rounds["naive"].append(naive(pipe, lora, sweep, args.size))
-                renderer.clear()
-                rounds["direct"].append(direct(renderer, lora, sweep, args.size))
-                renderer.clear()
-                rounds["http"].append(over_http(server, renderer, lora, sweep, args.size))
-    rows = [median_round(rounds[name]) for name in ("naive", "direct", "http")]
+            rounds = compare(renderer, server, lora, sweep, args.size, args.repeats, say=print)
+    rows = {name: median_round(figures) for name, figures in rounds.items()}
     spread = {name: statistics.pstdev([f.seconds for f in figures]) for name, figures in rounds.items()}
 
     print(
-        f"LoRA scale sweep: {len(sweep)} images of {args.size}x{args.size}, 8 steps, {what} on {device} "
-        f"(torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} CPU threads); "
+        f"\nLoRA scale sweep: {len(sweep)} images of {args.size}x{args.size}, 8 steps, {what} on {device} "
+        f"(torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} torch threads); "
         f"median of {args.repeats} rounds"
     )
-    print(table(rows, rows[0]))
+    print(table(rows))
     print("round-to-round spread (s): " + ", ".join(f"{name} {value:.2f}" for name, value in spread.items()))
+    print("\n".join(verdict(rounds)))
     return 0
 
 

@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", choices=["cuda", "cpu", "mps"], help="diffusers: default cuda, else mps, else cpu")
     serve.add_argument("--devices", default="", help="diffusers: GPU indices, one pipeline each, e.g. 0,1")
     serve.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="diffusers: default bf16")
-    serve.add_argument("--offload", action="store_true", help="diffusers: CPU offload for 16-24 GB cards (slower)")
+    serve.add_argument("--offload", action="store_true", help="diffusers: text encoder on the CPU (fits 24 GB cards)")
+    serve.add_argument("--compile", action="store_true", help="diffusers: torch.compile the transformer (slow start)")
     serve.add_argument(
         "--quirk",
         action="append",
@@ -312,7 +313,12 @@ def _serve(args: argparse.Namespace) -> int:
         if problem:
             raise errors.ConfigError(problem)
         settings = db.DiffusersSettings(
-            args.model or db.DEFAULT_MODEL, args.device, db.parse_devices(args.devices), args.dtype, args.offload
+            args.model or db.DEFAULT_MODEL,
+            args.device,
+            db.parse_devices(args.devices),
+            args.dtype,
+            args.offload,
+            compile=args.compile,
         )
         renderer = db.load_renderer(settings, say=lambda line: print(line, file=sys.stderr, flush=True))
     serve(

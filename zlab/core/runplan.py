@@ -99,7 +99,12 @@ def after_submit_error(exc: BaseException) -> Next:
 def after_outcome(phase: str, error: object, resends: int) -> Next:
     """A job ended without an image: failed on the server, or cancelled (sent again once in this run)."""
     if phase == "failed":
-        return Next("failed", "job failed on the server", f"the job failed on the server: {error}")
+        message = error.get("message") or error.get("error_message") if isinstance(error, dict) else error
+        text = str(message or "").strip()
+        first = text.splitlines()[0] if text else ""  # the summary counts cells by this (e.g. a LoRA's refusal)
+        reason = first if len(first) <= 160 else first[:159] + "…"
+        label = f"job failed on the server: {reason}" if reason else "job failed on the server"
+        return Next("failed", label, f"the job failed on the server: {text or error}")
     if resends < MAX_RESENDS_AFTER_CANCEL:
         return Next("planned", "cancelled at the server", "the job was found cancelled at the server; sent again")
     return Next("cancelled", "cancelled at the server", "the job was cancelled at the server")

@@ -8,8 +8,9 @@ Two kinds of backend sit behind the same four endpoints:
   render takes; the scheduler awaits `render(request)` when the job starts, and the job succeeds
   with the returned bytes or fails with the renderer's error message.
 
-`Renderer.capacity` is how many renders run at once (one pipeline per device), which becomes the
-scheduler's capacity.
+`Renderer.capacity` is how many jobs the scheduler hands the renderer at once, which becomes its
+capacity: the diffusers backend takes three per device, so that while a device renders one image the
+next is already prepared and the previous one is being PNG-encoded.
 """
 
 from __future__ import annotations

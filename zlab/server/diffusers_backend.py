@@ -1,21 +1,25 @@
-"""Z-Image Turbo on your own GPU: a `Renderer` that runs diffusers' `ZImagePipeline` behind the local server.
+"""Z-Image Turbo on your own GPU: a pipelined `Renderer` over diffusers' `ZImagePipeline` behind the local server.
 
     zlab serve --backend diffusers --model /path/to/Z-Image-Turbo --devices 0,1
 
-One pipeline per device, each driven by its own thread, so the server's capacity is the number of
-devices. What makes a LoRA sweep fast is what each pipeline keeps between renders:
+Each job goes through three stages, so that a GPU never waits for anything but the GPU:
 
-- the model, loaded once when the server starts;
-- LoRA adapters by file (`LoraFiles` fetches them once), switched per request with `set_adapters`
-  and the request's scales, the least recently used one unloaded when more than `lora_cache` are in;
-- prompt embeddings by prompt: LoRAs change only the transformer, so a scale sweep encodes its
-  prompt once.
+1. prepare, on a small pool of threads: the LoRA files (downloads, content hash, conversion and
+   checks: `AdapterStore`) and the prompt's embeddings (`PromptEncoder`, cached by prompt);
+2. compute, on the one thread of a free device (one pipeline per device, all taking prepared jobs
+   from one queue): switch adapters, denoise 8 steps, decode latents to pixels;
+3. finish, on another pool: crop and PNG-encode (hundreds of ms for a large image).
+
+The server hands the renderer `capacity` = 3 jobs per device, so while a device computes one image,
+the next is already prepared and the last is being encoded. The model is loaded once; adapters stay
+loaded (least recently used unloaded past `lora_cache`) and are switched per request with the
+request's scales. A LoRA that cannot be used fails its cell with one line saying which file, which
+kind and why, and is remembered as failed for that file's content.
 
 Every render uses 8 steps and guidance 0 (Z-Image Turbo's recipe: the pipeline's own defaults are 50
 and 5.0), and a CPU `torch.Generator` seeded with the request's seed, so the same request gives the
 same image on the same machine. A size the model cannot make (not a multiple of 16) is rendered at the
-next one up and centre-cropped. Each result says how it was made: model, diffusers and torch versions,
-dtype, device (the /result body's `"backend"`).
+next one up and centre-cropped. Each result says how it was made (the /result body's `"backend"`).
 
 torch and diffusers are imported only when a renderer is built (`pip install "zlab[local]"`).
 """
@@ -24,46 +28,76 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
-import hashlib
 import io
 import math
+import queue
+import re
 import threading
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zlab.core.request import LoRA, Request
+from zlab.core.request import Request
 from zlab.errors import ConfigError
+from zlab.server.adapters import AdapterStore, PreparedAdapter
 from zlab.server.backend import Rendered, RenderError
-from zlab.server.loras import LoraFiles, mismatch_message, plan_adapters, unmatched_keys
+from zlab.server.loras import LoraFiles
+from zlab.server.pipeline_worker import GUIDANCE, STEPS, PipelineWorker, PromptEncoder, linear_layers
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
 
 # diffusers builds its classes lazily, which type checkers cannot follow: a pipeline is typed loosely.
 ZImagePipeline = Any
 
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
-STEPS = 8  # Z-Image Turbo is distilled for 8 steps…
-GUIDANCE = 0.0  # …and no classifier-free guidance
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+FP16_REFUSED = (
+    "--dtype fp16 is refused: Z-Image's activations overflow float16, which gives NaN (black) images "
+    "(Tongyi-MAI/Z-Image#14); use bf16 (GPUs since Ampere, and CPUs) or fp32 (older GPUs: T4, V100, RTX 20xx)"
+)
+MIN_DIFFUSERS = (0, 42)  # 8 steps really make 8 passes (0.39), alpha≠rank and kohya files, LoKr, fused qkv
 INSTALL = 'pip install "zlab[local]"   (from a checkout: pip install -e ".[local]")'
 SIZE_MULTIPLE = 16  # the VAE's factor 8 times the transformer's 2×2 patches
+JOBS_PER_DEVICE = 3  # one computing, one prepared and waiting, one being PNG-encoded
+PREPARE_THREADS = 4  # a slow LoRA download must not hold up cells whose LoRAs are ready
 
 
 def missing_local_extra() -> str | None:
     """What to install for the diffusers backend, or None when everything it needs is importable."""
+    import importlib.metadata
     import importlib.util
 
     needed = ("torch", "diffusers", "transformers", "peft", "safetensors", "accelerate")
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if not missing:
-        return None
-    return f"the diffusers backend needs {', '.join(missing)}: {INSTALL}"
+    if missing:
+        return f"the diffusers backend needs {', '.join(missing)}: {INSTALL}"
+    version = importlib.metadata.version("diffusers")
+    if version_tuple(version) < MIN_DIFFUSERS:
+        floor = ".".join(map(str, MIN_DIFFUSERS))
+        return (
+            f"the diffusers backend needs diffusers>={floor} (this is {version}: older ones render 7 of 8 steps, "
+            f"misapply LoRAs whose alpha differs from their rank, or refuse kohya and LoKr files): "
+            f'pip install -U "diffusers>={floor}"'
+        )
+    return None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """ "0.42.1" → (0, 42, 1); "0.43.0.dev0" → (0, 43, 0)."""
+    parts = []
+    for part in version.split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+        if digits.end() < len(part):  # "0rc1": a pre-release of this number ends the version
+            break
+    return tuple(parts)
 
 
 def render_size(width: int, height: int) -> tuple[int, int]:
@@ -76,8 +110,10 @@ class DiffusersSettings:
     """How to run the model: where it is, on which devices, in which dtype, and what to keep cached.
 
     `device` is cuda, cpu or mps (default: cuda if there is one, else mps, else cpu); `devices` are GPU
-    indices, one pipeline each. `offload` keeps only the running component on the GPU
-    (`enable_model_cpu_offload`: slower, but fits 16–24 GB cards).
+    indices, one pipeline each. `offload` keeps the transformer and VAE on the GPU and the text encoder
+    (about 8 GB in bf16, run once per new prompt) on the CPU: Z-Image fits 24 GB cards with no weights
+    crossing PCIe per image. `compile` wraps the transformer in `torch.compile` (a slow first image,
+    and a recompile whenever the set of active adapters changes). fp16 is refused (see `FP16_REFUSED`).
     """
 
     model: str = DEFAULT_MODEL
@@ -86,11 +122,14 @@ class DiffusersSettings:
     dtype: str = "bf16"
     offload: bool = False
     lora_cache: int = 8  # adapters kept loaded per pipeline
-    prompt_cache: int = 64  # prompts whose embeddings are kept per pipeline
+    prompt_cache: int = 64  # prompts whose embeddings are kept
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+            raise ConfigError(f"dtype {self.dtype!r} is not one of bf16, fp32")
+        if self.dtype == "fp16":
+            raise ConfigError(FP16_REFUSED)
         if self.device not in (None, "cuda", "cpu", "mps"):
             raise ConfigError(f"device {self.device!r} is not one of cuda, cpu, mps")
         if self.devices and self.device not in (None, "cuda"):
@@ -100,14 +139,15 @@ class DiffusersSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DiffusersSettings:
-        """From ZLAB_MODEL, ZLAB_DEVICE (cuda, cpu, mps, or cuda:0,1), ZLAB_DTYPE and ZLAB_OFFLOAD=1."""
+        """From ZLAB_MODEL, ZLAB_DEVICE (cuda, cpu, mps, or cuda:0,1), ZLAB_DTYPE, ZLAB_OFFLOAD=1, ZLAB_COMPILE=1."""
         device, _, indices = (env.get("ZLAB_DEVICE") or "").partition(":")
         return cls(
             model=env.get("ZLAB_MODEL") or DEFAULT_MODEL,
             device=device or None,
             devices=parse_devices(indices),
             dtype=env.get("ZLAB_DTYPE") or "bf16",
-            offload=env.get("ZLAB_OFFLOAD", "") not in ("", "0", "false", "no"),
+            offload=_flag(env.get("ZLAB_OFFLOAD")),
+            compile=_flag(env.get("ZLAB_COMPILE")),
         )
 
     def targets(self, cuda_count: int, mps: bool) -> tuple[str, ...]:
@@ -126,6 +166,10 @@ class DiffusersSettings:
         return (kind,)
 
 
+def _flag(value: str | None) -> bool:
+    return (value or "") not in ("", "0", "false", "no")
+
+
 def parse_devices(text: str) -> tuple[int, ...]:
     """ "0,1" → (0, 1); "" → ()."""
     try:
@@ -134,159 +178,32 @@ def parse_devices(text: str) -> tuple[int, ...]:
         raise ConfigError(f"devices {text!r} must be GPU indices like 0,1") from None
 
 
-class PipelineWorker:
-    """One pipeline on one device, with its adapter and embedding caches; used from one thread at a time."""
+@dataclasses.dataclass
+class _Job:
+    """One request on its way through the stages, and the future its `render` awaits."""
 
-    def __init__(
-        self, pipe: ZImagePipeline, device: str, info: Mapping[str, Any], files: LoraFiles, settings: DiffusersSettings
-    ) -> None:
-        import torch
+    request: Request
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Rendered]
+    embeddings: Sequence[Any] = ()
+    adapters: Sequence[tuple[PreparedAdapter, float]] = ()
 
-        self.pipe, self.device, self.files, self.settings = pipe, device, files, settings
-        self.info = {**info, "device": device}
-        pipe.set_progress_bar_config(disable=True)
-        # PEFT warns whenever a second adapter joins a model; caching several is this class's point.
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
-        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted", category=UserWarning)
-        # The transformer's linear layers as loaded, before any adapter wraps them: what a LoRA must fit.
-        self._linears = {
-            name: (module.in_features, module.out_features)
-            for name, module in pipe.transformer.named_modules()
-            if isinstance(module, torch.nn.Linear)
-        }
-        self._adapters: dict[str, str] = {}  # adapter name → LoRA path, in least-recently-used order
-        self._embeddings: collections.OrderedDict[str, list[torch.Tensor]] = collections.OrderedDict()
-        self._lora_enabled = True
-        self.counts: collections.Counter[str] = collections.Counter()  # renders, encodes, adapter loads/unloads
-        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)  # time on each of those
+    def settle(self, result: Rendered | None = None, error: BaseException | None = None) -> None:
+        """Resolve the awaiting coroutine from any thread (a cancelled one is left alone)."""
 
-    def render(self, request: Request) -> Rendered:
-        """Render one request (blocking): adapters, cached embeddings, seeded generator, PNG."""
-        import torch
+        def done() -> None:
+            if not self.future.done():
+                if error is not None:
+                    self.future.set_exception(error)
+                else:
+                    self.future.set_result(result)  # type: ignore[arg-type]
 
-        started = time.perf_counter()
-        embeddings = self._prompt_embeddings(request.prompt)
-        self._activate(request.loras)
-        width, height = render_size(request.width, request.height)
-        generator = torch.Generator("cpu").manual_seed(request.seed)  # same noise on any device
-        try:
-            with torch.inference_mode():
-                image = self.pipe(
-                    prompt_embeds=embeddings,
-                    width=width,
-                    height=height,
-                    num_inference_steps=STEPS,
-                    guidance_scale=GUIDANCE,
-                    generator=generator,
-                    output_type="pil",
-                ).images[0]
-        except torch.cuda.OutOfMemoryError as exc:
-            raise RenderError(
-                f"out of GPU memory on {self.device} at {width}x{height}; restart the server with --offload, "
-                "or render smaller images"
-            ) from exc
-        if image.size != (request.width, request.height):
-            left, top = (width - request.width) // 2, (height - request.height) // 2
-            image = image.crop((left, top, left + request.width, top + request.height))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        self.counts["renders"] += 1
-        self.seconds["renders"] += time.perf_counter() - started
-        return Rendered(buffer.getvalue(), "image/png", {**self.info, "render_size": f"{width}x{height}"})
-
-    def clear(self) -> None:
-        """Unload every cached adapter and forget every cached prompt (a benchmark's cold start)."""
-        if self._adapters:
-            self.pipe.delete_adapters(list(self._adapters))
-        self._adapters.clear()
-        self._embeddings.clear()
-
-    def _prompt_embeddings(self, prompt: str) -> list[torch.Tensor]:
-        cached = self._embeddings.get(prompt)
-        if cached is not None:
-            self._embeddings.move_to_end(prompt)
-            return cached
-        import torch
-
-        started = time.perf_counter()
-        with torch.inference_mode():
-            device = self.pipe._execution_device
-            embeddings, _ = self.pipe.encode_prompt(prompt, device=device, do_classifier_free_guidance=False)
-        self.counts["encodes"] += 1
-        self.seconds["encodes"] += time.perf_counter() - started
-        self._embeddings[prompt] = embeddings
-        while len(self._embeddings) > self.settings.prompt_cache:
-            self._embeddings.popitem(last=False)
-        return embeddings
-
-    def _activate(self, loras: Sequence[LoRA]) -> None:
-        """Make exactly these LoRAs active at these scales, loading and unloading adapters as planned."""
-        if not loras:
-            if self._adapters and self._lora_enabled:
-                self.pipe.disable_lora()
-                self._lora_enabled = False
-            return
-        weights: dict[str, float] = {}  # by adapter: one file named twice adds up (it cannot be active twice)
-        paths: dict[str, str] = {}
-        for lora in loras:
-            name = self._adapter_name(lora.path)
-            weights[name] = weights.get(name, 0.0) + lora.scale
-            paths.setdefault(name, lora.path)
-        plan = plan_adapters(list(self._adapters), list(weights), self.settings.lora_cache)
-        if plan.evict:
-            started = time.perf_counter()
-            self.pipe.delete_adapters(list(plan.evict))
-            self.counts["adapter_unloads"] += len(plan.evict)
-            self.seconds["adapter_unloads"] += time.perf_counter() - started
-            self._adapters = {name: path for name, path in self._adapters.items() if name not in plan.evict}
-        for name in plan.load:
-            self._load(paths[name], name)  # a LoRA that does not fit raises here, leaving the cache consistent
-            self._adapters[name] = paths[name]
-        self._adapters = {name: self._adapters[name] for name in plan.order}
-        if not self._lora_enabled:
-            self.pipe.enable_lora()
-            self._lora_enabled = True
-        # After loading, only the last adapter is active: always say which ones, with this request's scales.
-        self.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
-
-    def _adapter_name(self, path: str) -> str:
-        """An adapter name per file version: a local file edited on disk loads again."""
-        local = self.files.local_file(path)
-        stat = local.stat()
-        identity = f"{local}\0{stat.st_size}\0{stat.st_mtime_ns}"
-        return "zlab_" + hashlib.sha256(identity.encode()).hexdigest()[:16]
-
-    def _load(self, path: str, name: str) -> None:
-        started = time.perf_counter()
-        local = self.files.local_file(path)
-        try:
-            state_dict, metadata = self.pipe.lora_state_dict(
-                str(local.parent),
-                weight_name=local.name,
-                use_safetensors=True,  # never fall back to unpickling
-                local_files_only=True,
-                return_lora_metadata=True,
-            )
-        except Exception as exc:  # a format diffusers cannot convert: the user must hear which file and why
-            raise RenderError(f"LoRA {path!r} could not be read as a Z-Image LoRA: {exc}") from exc
-        if any(".lokr_" in key for key in state_dict):
-            raise RenderError(f"LoRA {path!r} is a LoKr adapter; zlab's diffusers backend loads LoRA adapters only")
-        if state_dict and not any(key.startswith("transformer.") for key in state_dict):
-            state_dict = {f"transformer.{key}": value for key, value in state_dict.items()}  # a bare PEFT file
-        if not state_dict:
-            raise RenderError(f"LoRA {path!r} holds no LoRA tensors")
-        problems = unmatched_keys({k: tuple(v.shape) for k, v in state_dict.items()}, self._linears)
-        if problems:
-            raise RenderError(mismatch_message(path, problems, len(state_dict)))
-        self.pipe.load_lora_into_transformer(
-            state_dict, transformer=self.pipe.transformer, adapter_name=name, metadata=metadata, _pipeline=self.pipe
-        )
-        self.counts["adapter_loads"] += 1
-        self.seconds["adapter_loads"] += time.perf_counter() - started
+        with contextlib.suppress(RuntimeError):  # the server's loop has closed: nobody awaits this job any more
+            self.loop.call_soon_threadsafe(done)
 
 
 class DiffusersRenderer:
-    """The `Renderer` (see `zlab.server.backend`) over one `PipelineWorker` per device.
+    """The `Renderer` (see `zlab.server.backend`): prepare, compute on a free device, finish (module docstring).
 
     Build it with `load_renderer(DiffusersSettings(...))`, or `from_pipelines` around pipelines you
     made yourself (a test's tiny random one, a quantised one); hand it to `LocalServer(renderer=…)`.
@@ -294,15 +211,27 @@ class DiffusersRenderer:
 
     name = "diffusers"
 
-    def __init__(self, workers: Sequence[PipelineWorker], describe: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        workers: Sequence[PipelineWorker],
+        encoder: PromptEncoder,
+        store: AdapterStore,
+        describe: Mapping[str, Any],
+    ) -> None:
         if not workers:
             raise ConfigError("the diffusers backend needs at least one pipeline")
-        self.workers = list(workers)
-        self.capacity = len(self.workers)
+        self.workers, self.encoder, self.store = list(workers), encoder, store
+        self.capacity = JOBS_PER_DEVICE * len(self.workers)
         self._describe = dict(describe)
-        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"zlab-{w.device}") for w in self.workers]
-        self._free: list[int] = list(range(len(self.workers)))
-        self._lock = threading.Lock()
+        self._prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="zlab-prepare")
+        self._finish_pool = ThreadPoolExecutor(len(self.workers), thread_name_prefix="zlab-png")
+        self._ready: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._compute_loop, args=(w,), name=f"zlab-{w.device}", daemon=True)
+            for w in self.workers
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @classmethod
     def from_pipelines(
@@ -312,29 +241,67 @@ class DiffusersRenderer:
         settings: DiffusersSettings | None = None,
         files: LoraFiles | None = None,
     ) -> DiffusersRenderer:
-        """A renderer over ready pipelines (each already on its device)."""
+        """A renderer over ready pipelines (each already on its device; the first one's text encoder is used)."""
+        if not pipelines:
+            raise ConfigError("the diffusers backend needs at least one pipeline")
         settings = settings or DiffusersSettings(model=model)
-        files = files or LoraFiles()
-        info = versions(model, pipelines[0]) if pipelines else {}
-        workers = [PipelineWorker(p, str(p._execution_device), info, files, settings) for p in pipelines]
+        first = pipelines[0]
+
+        def read(path: Path) -> tuple[dict[str, Any], Any]:
+            return first.lora_state_dict(
+                str(path.parent),
+                weight_name=path.name,
+                use_safetensors=True,  # never fall back to unpickling
+                local_files_only=True,
+                return_lora_metadata=True,
+            )
+
+        store = AdapterStore(files or LoraFiles(), read, linear_layers(first.transformer), keep=settings.lora_cache)
+        info = versions(model, first)
+        workers = [PipelineWorker(p, str(p._execution_device), info, store, settings.lora_cache) for p in pipelines]
         devices = ",".join(w.device for w in workers)
-        return cls(workers, {**info, "backend": "diffusers", "devices": devices})
+        return cls(workers, PromptEncoder(first, settings.prompt_cache), store, {**info, "devices": devices})
 
     async def render(self, request: Request) -> Rendered:
-        """Render on a free pipeline's thread; the scheduler never runs more than `capacity` at once."""
-        with self._lock:
-            if not self._free:
-                raise RuntimeError("more renders than pipelines: the scheduler's capacity must be the renderer's")
-            index = self._free.pop(0)
+        """Prepare, wait for a free device, compute, encode; a failure raises `RenderError` with its reason."""
+        loop = asyncio.get_running_loop()
+        job = _Job(request, loop, loop.create_future())
+        self._prepare_pool.submit(self._prepare, job)
+        return await job.future
+
+    def _prepare(self, job: _Job) -> None:
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._threads[index], self.workers[index].render, request)
-        finally:
-            with self._lock:
-                self._free.append(index)
+            job.adapters = [(self.store.prepare(lora.path), lora.scale) for lora in job.request.loras]
+            job.embeddings = self.encoder.embeddings(job.request.prompt)
+        except Exception as exc:
+            job.settle(error=_readable(exc))
+            return
+        self._ready.put(job)
+
+    def _compute_loop(self, worker: PipelineWorker) -> None:
+        while (job := self._ready.get()) is not None:
+            if job.future.done():  # cancelled while it waited: skip it
+                continue
+            width, height = render_size(job.request.width, job.request.height)
+            try:
+                pixels = worker.compute(job.embeddings, job.adapters, width, height, job.request.seed)
+            except Exception as exc:
+                job.settle(error=_readable(exc))
+                continue
+            try:
+                self._finish_pool.submit(self._finish, job, worker, pixels)
+            except RuntimeError:  # `close()` shut the pool down while this image rendered
+                job.settle(error=RenderError("the server stopped before the image was encoded"))
+
+    def _finish(self, job: _Job, worker: PipelineWorker, pixels: np.ndarray) -> None:
+        try:
+            job.settle(result=encode_png(pixels, job.request, worker.info))
+        except Exception as exc:
+            job.settle(error=_readable(exc))
 
     def clear(self) -> None:
-        """Empty every pipeline's adapter and prompt caches (call it between renders, not during one)."""
+        """Empty every pipeline's adapters and the prompt cache (call it between renders, not during one)."""
+        self.encoder.clear()
         for worker in self.workers:
             worker.clear()
 
@@ -344,25 +311,29 @@ class DiffusersRenderer:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Renders, prompt encodes and adapter loads/unloads, summed over the pipelines."""
+        """Renders, prompt encodes, adapter loads/unloads, file hashes and reads, summed over the pipelines."""
         total: collections.Counter[str] = collections.Counter()
         for worker in self.workers:
             total.update(worker.counts)
+        total.update(self.encoder.counts)
+        total.update(self.store.counts)
         return dict(total)
 
     @property
     def seconds(self) -> dict[str, float]:
-        """Time spent on each of `counts` (renders include their encodes and adapter loads), summed."""
+        """Time spent on each of `counts`, and `compute`: the devices' threads' busy time, summed."""
         total: collections.defaultdict[str, float] = collections.defaultdict(float)
-        for worker in self.workers:
-            for what, seconds in worker.seconds.items():
+        for source in (*(w.seconds for w in self.workers), self.encoder.seconds):
+            for what, seconds in source.items():
                 total[what] += seconds
         return dict(total)
 
     def close(self) -> None:
-        """Stop the render threads (a render in progress finishes first) and free GPU memory."""
-        for pool in self._threads:
-            pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the threads (a render in progress finishes first) and free GPU memory."""
+        for _ in self._threads:
+            self._ready.put(None)
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self._finish_pool.shutdown(wait=False, cancel_futures=True)
         self.workers.clear()
         try:
             import torch
@@ -371,6 +342,26 @@ class DiffusersRenderer:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+def _readable(exc: Exception) -> Exception:
+    """A render failure as the job's error: `RenderError` as it is, anything else with its type named."""
+    if isinstance(exc, RenderError):
+        return exc
+    return RenderError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def encode_png(pixels: np.ndarray, request: Request, info: Mapping[str, Any]) -> Rendered:
+    """Crop rendered pixels to the requested size (centred) and encode them as PNG."""
+    from PIL import Image
+
+    height, width = pixels.shape[:2]
+    if (width, height) != (request.width, request.height):
+        left, top = (width - request.width) // 2, (height - request.height) // 2
+        pixels = pixels[top : top + request.height, left : left + request.width]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return Rendered(buffer.getvalue(), "image/png", {**info, "render_size": f"{width}x{height}"})
 
 
 def versions(model: str, pipe: ZImagePipeline) -> dict[str, Any]:
@@ -387,6 +378,16 @@ def versions(model: str, pipe: ZImagePipeline) -> dict[str, Any]:
         "steps": STEPS,
         "guidance_scale": GUIDANCE,
     }
+
+
+def place(pipe: ZImagePipeline, target: str, offload: bool) -> None:
+    """Move a pipeline to its device; with `offload`, the text encoder stays on the CPU (see `DiffusersSettings`)."""
+    if offload and target != "cpu":
+        pipe.transformer.to(target)
+        pipe.vae.to(target)
+        pipe.text_encoder.to("cpu")
+    else:
+        pipe.to(target)
 
 
 def load_renderer(
@@ -411,7 +412,7 @@ def load_renderer(
     pipelines = []
     for target in targets:
         try:
-            with warnings.catch_warnings():  # newer diffusers call it `dtype`; the floor version knows only this
+            with warnings.catch_warnings():  # some diffusers versions call it `dtype` and warn about this name
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
                 pipe = ZImagePipeline.from_pretrained(model, torch_dtype=dtype)
         except (OSError, ValueError) as exc:
@@ -419,9 +420,8 @@ def load_renderer(
                 f"cannot load Z-Image Turbo from {settings.model!r} ({str(exc).splitlines()[0]}); pass --model with "
                 f"a folder holding the diffusers layout, or a Hugging Face id such as {DEFAULT_MODEL}"
             ) from exc
-        if settings.offload and target.startswith("cuda"):
-            pipe.enable_model_cpu_offload(gpu_id=int(target.partition(":")[2] or 0))
-        else:
-            pipe.to(target)
+        place(pipe, target, settings.offload)
+        if settings.compile:  # CUDA-minded and untested here (no GPU in zlab's CI): the first image is slow
+            pipe.transformer.compile()
         pipelines.append(pipe)
     return DiffusersRenderer.from_pipelines(pipelines, settings.model, settings, files)

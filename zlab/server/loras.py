@@ -106,18 +106,22 @@ def check_safetensors_header(head: bytes, where: str) -> None:
 
 # -- does a LoRA fit the model? ------------------------------------------------------------------------------------
 
-_LORA_KEY = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias)")
+_LORA_KEY = re.compile(
+    r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector|lokr_w[12](_[ab])?)"
+)
 
 
 def unmatched_keys(
     shapes: Mapping[str, Sequence[int]], linears: Mapping[str, tuple[int, int]], prefix: str = "transformer."
 ) -> list[str]:
-    """The LoRA keys (diffusers/PEFT layout) that would not land on a linear layer of the model.
+    """The adapter keys (diffusers/PEFT layout) that would not land on a linear layer of the model.
 
     `shapes` maps each key (`transformer.layers.0.attention.to_q.lora_A.weight`) to its tensor's shape;
     `linears` maps each linear layer's name to (in_features, out_features). A key for another
     component, for a module the model lacks, or with the wrong shape is unmatched: diffusers only
     logs such keys, which would make the LoRA a silent no-op, so the backend refuses them instead.
+    DoRA magnitudes (`lora_magnitude_vector`) must have one value per output; LoKr factors
+    (`lokr_w1`, `lokr_w2`, …) only need their layer to exist (peft checks their factorisation).
     """
     problems = []
     for key, shape in shapes.items():
@@ -127,23 +131,25 @@ def unmatched_keys(
             continue
         fan_in, fan_out = linears[match["module"]]
         part, dims = match["part"], tuple(shape)
-        fits = (
-            (len(dims) == 2 and dims[1] == fan_in)
-            if part == "lora_A.weight"
-            else (len(dims) == 2 and dims[0] == fan_out)
-            if part == "lora_B.weight"
-            else dims == (fan_out,)
-        )
+        if part == "lora_A.weight":
+            fits = len(dims) == 2 and dims[1] == fan_in
+        elif part == "lora_B.weight":
+            fits = len(dims) == 2 and dims[0] == fan_out
+        elif part.startswith("lokr_"):
+            fits = len(dims) == 2
+        else:  # a bias or a magnitude: one value per output
+            fits = dims == (fan_out,)
         if not fits:
             problems.append(f"{key} {list(dims)}")
     return problems
 
 
-def mismatch_message(path: str, problems: Sequence[str], total: int) -> str:
-    """Why a LoRA was refused, with a few of the keys that do not fit."""
+def mismatch_message(path: str, problems: Sequence[str], total: int, kind: str = "") -> str:
+    """Why a LoRA was refused (its layout `kind`, when known), with a few of the keys that do not fit."""
     shown = ", ".join(problems[:3]) + (", …" if len(problems) > 3 else "")
+    what = f"LoRA {path!r} ({kind})" if kind else f"LoRA {path!r}"
     return (
-        f"LoRA {path!r} does not fit Z-Image Turbo: {len(problems)} of {total} tensors match no layer of its "
+        f"{what} does not fit Z-Image Turbo: {len(problems)} of {total} tensors match no layer of its "
         f"transformer ({shown}); is it a LoRA for another model?"
     )
 

@@ -8,6 +8,9 @@ decode), a 256×256 image in well under a second on a CPU.
 
 >>> pipe = tiny_pipeline()                                  # doctest: +SKIP
 >>> save_lora(random_lora(pipe, seed=1), "style.safetensors")   # doctest: +SKIP
+
+The `to_*` functions write one LoRA in the layouts trainers publish, each with the same effect as the
+diffusers-layout original (exactly, or within float rounding), so a test can compare each against it.
 """
 
 from __future__ import annotations
@@ -99,14 +102,25 @@ def tiny_pipeline(seed: int = 0) -> Any:
     return pipe
 
 
+def base_linears(pipe: Any) -> dict[str, Any]:
+    """The transformer's own linear layers by name, also once adapters have wrapped them (`….base_layer`)."""
+    import torch
+
+    found = {}
+    for name, module in pipe.transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".lora_" not in name and ".lokr_" not in name:
+            found[name.removesuffix(".base_layer")] = module
+    return found
+
+
 def random_lora(pipe: Any, seed: int, rank: int = 4, strength: float = 0.5) -> dict[str, Any]:
     """A random LoRA for `pipe`'s transformer in diffusers' layout (`transformer.<module>.lora_A.weight`)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, Any] = {}
-    for name, module in pipe.transformer.named_modules():
-        if isinstance(module, torch.nn.Linear) and TARGETS.fullmatch(name):
+    for name, module in base_linears(pipe).items():
+        if TARGETS.fullmatch(name):
             down = torch.randn(rank, module.in_features, generator=generator) * strength
             up = torch.randn(module.out_features, rank, generator=generator) * strength
             tensors[f"transformer.{name}.lora_A.weight"] = down
@@ -128,6 +142,102 @@ def to_kohya(tensors: Mapping[str, Any], alpha_over_rank: float = 1.0) -> dict[s
             out[f"{base}.alpha"] = torch.tensor(float(value.shape[0]) * alpha_over_rank)
         else:
             out[f"{base}.lora_up.weight"] = value / alpha_over_rank
+    return out
+
+
+def to_peft(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """PEFT's own layout: the diffusers keys without the `transformer.` prefix."""
+    return {key.removeprefix("transformer."): value for key, value in tensors.items()}
+
+
+def to_ai_toolkit(tensors: Mapping[str, Any], alpha_over_rank: float = 1.0) -> dict[str, Any]:
+    """ai-toolkit's layout: `diffusion_model.<module>.lora_A/B.weight` and `.alpha`; B divided by alpha/rank."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, value in tensors.items():
+        module, _, part = key.removeprefix("transformer.").rpartition(".lora_")
+        if part == "A.weight":
+            out[f"diffusion_model.{module}.lora_A.weight"] = value
+            out[f"diffusion_model.{module}.alpha"] = torch.tensor(float(value.shape[0]) * alpha_over_rank)
+        else:
+            out[f"diffusion_model.{module}.lora_B.weight"] = value / alpha_over_rank
+    return out
+
+
+def fuse_qkv(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """The LoRA on Z-Image's original module tree (one `attention.qkv`, `attention.out`), still in diffusers
+    keys: the q/k/v downs stacked, the ups block-diagonal, so each projection's update is unchanged."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, value in tensors.items():
+        if ".attention.to_q." in key or ".attention.to_k." in key or ".attention.to_v." in key:
+            continue
+        out[key.replace(".attention.to_out.0.", ".attention.out.")] = value
+    blocks = sorted({key.partition(".attention.to_q.")[0] for key in tensors if ".attention.to_q." in key})
+    for block in blocks:
+        names = [f"{block}.attention.to_{p}" for p in "qkv"]
+        out[f"{block}.attention.qkv.lora_A.weight"] = torch.cat([tensors[f"{n}.lora_A.weight"] for n in names])
+        out[f"{block}.attention.qkv.lora_B.weight"] = torch.block_diag(*[tensors[f"{n}.lora_B.weight"] for n in names])
+    return out
+
+
+def to_comfyui(tensors: Mapping[str, Any], alpha_over_rank: float = 1.0) -> dict[str, Any]:
+    """ComfyUI's layout: `diffusion_model.` + the original module tree (fused qkv) + `lora_down/up` and `.alpha`."""
+    return {
+        key.replace(".lora_A.", ".lora_down.").replace(".lora_B.", ".lora_up."): value
+        for key, value in to_ai_toolkit(fuse_qkv(tensors), alpha_over_rank).items()
+    }
+
+
+def to_musubi(tensors: Mapping[str, Any], alpha_over_rank: float = 1.0) -> dict[str, Any]:
+    """musubi-tuner's layout: kohya keys (`lora_unet_…`) over the original module tree (fused qkv)."""
+    return to_kohya(fuse_qkv(tensors), alpha_over_rank)
+
+
+def to_dora(pipe: Any, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """PEFT DoRA: the LoRA plus `lora_magnitude_vector`s equal to the row norms of W + B·A, so at scale 1 the
+    DoRA's weight, m · (W + B·A) / ‖W + B·A‖, is the LoRA's W + B·A."""
+    modules = base_linears(pipe)
+    out = dict(tensors)
+    for key, down in tensors.items():
+        if key.endswith(".lora_A.weight"):
+            name = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+            merged = modules[name].weight.detach().float() + tensors[key.replace("lora_A", "lora_B")] @ down
+            out[f"transformer.{name}.lora_magnitude_vector"] = merged.norm(p=2, dim=1)
+    return out
+
+
+def random_lokr(pipe: Any, seed: int, strength: float = 0.3) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A random LoKr on the attention projections in ai-toolkit's layout (`diffusion_model.<module>.lokr_w1/w2`,
+    full factors), and its twin LoRA in diffusers' layout: A the identity, B = w1 ⊗ w2 (the same update)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    lokr: dict[str, Any] = {}
+    twin: dict[str, Any] = {}
+    for name, module in base_linears(pipe).items():
+        if re.fullmatch(r"layers\.\d+\.attention\.to_(q|k|v|out\.0)", name):
+            w1 = torch.randn(4, 4, generator=generator) * strength
+            w2 = torch.randn(module.out_features // 4, module.in_features // 4, generator=generator) * strength
+            lokr[f"diffusion_model.{name}.lokr_w1"] = w1
+            lokr[f"diffusion_model.{name}.lokr_w2"] = w2
+            twin[f"transformer.{name}.lora_A.weight"] = torch.eye(module.in_features)
+            twin[f"transformer.{name}.lora_B.weight"] = torch.kron(w1, w2)
+    return lokr, twin
+
+
+def to_loha(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """A LoHa-shaped file (`hada_w1_a`, …; the numbers are stand-ins): a kind diffusers cannot apply."""
+    out: dict[str, Any] = {}
+    for key, value in to_kohya(tensors).items():
+        if key.endswith(".lora_down.weight"):
+            base = key.removesuffix(".lora_down.weight")
+            out |= {f"{base}.hada_w1_b": value, f"{base}.hada_w2_b": value.clone()}
+        elif key.endswith(".lora_up.weight"):
+            base = key.removesuffix(".lora_up.weight")
+            out |= {f"{base}.hada_w1_a": value, f"{base}.hada_w2_a": value.clone()}
     return out
 
 
