@@ -181,9 +181,10 @@ def _full_effect(image: Image.Image, path: str) -> Image.Image:
         return Image.composite(image.point([v * 3 // 10 for v in range(256)] * 3), image, mask)
     if name == "duotone":
         # A dark and a light tone, so the image keeps its contrast (and its detail) under the style.
-        dark, light = (tuple(int(c) for c in rng.integers(lo, lo + 90, size=3)) for lo in (0, 166))
+        dark, light = (tuple(int(c) for c in rng.integers(lo, lo + 56, size=3)) for lo in (0, 200))
         return ImageOps.colorize(image.convert("L"), dark, light)
-    return ImageOps.solarize(image, 128)
+    # Only the brightest tones invert: blending a full inversion in would cancel edges half-way up the ramp.
+    return ImageOps.solarize(image, 192)
 
 
 def mark_box(width: int, height: int) -> tuple[int, int, int, int]:
