@@ -25,6 +25,8 @@ _LAZY = {
     "Generation": "zlab.jobs",
     "Job": "zlab.jobs",
     "Sweep": "zlab.sweep",
+    "ScaleSpec": "zlab.strength.driver",
+    "Thresholds": "zlab.strength.definitions",
     "RunResult": "zlab.runresult",
     "LocalServer": "zlab.server",
     "Faults": "zlab.server",
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from zlab.runresult import RunResult
     from zlab.server import Faults, LocalServer
     from zlab.sheet import ContactSheet, StrengthCurve, contact_sheet, read_sheet, strength_curve
+    from zlab.strength.definitions import Thresholds
+    from zlab.strength.driver import ScaleSpec
     from zlab.sweep import Sweep
     from zlab.widgets import Gallery, SweepBuilder
 

@@ -194,6 +194,16 @@ class AsyncClient:
 
         return await run_sweep(self, sweep, out, **options)
 
+    async def find_scale(self, spec: Any, out: str | Path, **options: Any) -> Any:
+        """Find each LoRA's onset, saturation and overcook with few images (see `zlab.strength.driver`).
+
+        `spec` is a `ScaleSpec`, a mapping of its file keys, or a YAML file path; options: budget, concurrency."""
+        from zlab.strength.driver import ScaleSpec, find_scale
+
+        if not isinstance(spec, ScaleSpec):
+            spec = ScaleSpec.from_dict(spec) if isinstance(spec, dict) else ScaleSpec.from_file(spec)
+        return await find_scale(self, spec, out, **options)
+
     async def aclose(self) -> None:
         await self.api.aclose()
         await self.downloads.aclose()
@@ -274,6 +284,10 @@ class Client:
         if quiet:
             options.setdefault("on_interrupt", "return")
         return _loop.run_sync(self.aclient.run(sweep, out, **options), result_on_interrupt=quiet)
+
+    def find_scale(self, spec: Any, out: str | Path, **options: Any) -> Any:
+        """Find each LoRA's onset, saturation and overcook (see `AsyncClient.find_scale`); resumable in `out`."""
+        return _loop.run_sync(self.aclient.find_scale(spec, out, **options))
 
     def close(self) -> None:
         _loop.run_sync(self.aclient.aclose())

@@ -6,8 +6,9 @@ scene), and each LoRA applies a style effect chosen by its path, blended in alon
 known strength curve (`curve_of`): nothing below its onset, a linear rise to full effect at its
 saturation, a plateau, and for some LoRAs an overcook past which the image loses its detail; one
 path in eight is a LoRA that does nothing at any scale. `curve_of` is the ground truth that tests and
-`benchmarks/bench_find_scale.py` check `zlab.strength` against. Every image carries a small "synthetic" mark in its bottom-right
-corner and a `zlab-backend: synthetic` PNG text chunk, so it is never mistaken for a real render.
+`benchmarks/bench_find_scale.py` check `zlab.strength` against. Every image carries a small
+"synthetic" mark in its bottom-right corner and a `zlab-backend: synthetic` PNG text chunk, so it
+is never mistaken for a real render.
 
 >>> from zlab.request import DEFAULT_LORA_PATH, Request
 >>> img = render(Request("a red fox", seed=1, width=256, height=320))

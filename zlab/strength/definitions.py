@@ -25,6 +25,7 @@ Each answer is an interval (lo, hi]: `hi` is the first probed scale that shows t
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -171,7 +172,7 @@ def overcook_of(probes: Sequence[Probe], t: Thresholds) -> Finding | None:
     """The first probe whose mean detail falls below (1 - drop) of the best at lower scales."""
     ordered = sorted(probes, key=lambda p: p.scale)
     best = ordered[0] if ordered else None
-    for prev, p in zip(ordered, ordered[1:], strict=False):
+    for prev, p in itertools.pairwise(ordered):
         assert best is not None
         if p.mean_detail < (1 - t.overcook_drop) * best.mean_detail:
             why = (
@@ -202,7 +203,7 @@ def diagnose(probes: Sequence[Probe], thresholds: Thresholds | None = None) -> D
     overcook = overcook_of(ordered, t)
     safe = [p for p in ordered if overcook is None or p.scale <= overcook.lo]
     onset = None
-    for prev, p in zip(safe, safe[1:], strict=False):
+    for prev, p in itertools.pairwise(safe):
         if clears_noise(p, t):
             why = (
                 f"change {p.mean_change:.4f} at {p.scale:g} (seeds {_fmt(p.change)}) > "
@@ -214,7 +215,7 @@ def diagnose(probes: Sequence[Probe], thresholds: Thresholds | None = None) -> D
     plateau = plateau_of(ordered, overcook)
     if onset is not None and plateau is not None:
         level = saturation_level(plateau, t)
-        for prev, p in zip(safe, safe[1:], strict=False):
+        for prev, p in itertools.pairwise(safe):
             if p.scale >= onset.hi and p.mean_change >= level:
                 why = (
                     f"change {p.mean_change:.4f} at {p.scale:g} ≥ {1 - t.saturation_tol:.0%} of the plateau "

@@ -48,7 +48,7 @@ class SearchSpace:
             raise ValidationError("range", [self.lo, self.hi], "two scales 0 ≤ lo < hi")
         if not (isinstance(self.precision, int | float) and 0 < self.precision <= self.hi - self.lo):
             raise ValidationError("precision", self.precision, f"a step > 0 and ≤ {self.hi - self.lo:g}")
-        if not 0 < self.overcook_precision:
+        if not self.overcook_precision > 0:
             raise ValidationError("overcook_precision", self.overcook_precision, "a step > 0")
         if any(not self.lo < c <= self.hi for c in self.coarse):
             raise ValidationError("coarse", list(self.coarse), f"scales in ({self.lo:g}, {self.hi:g}]")
@@ -142,7 +142,11 @@ def next_scale(probes: Sequence[Probe], space: SearchSpace, thresholds: Threshol
     if overcook is not None:
         # The plateau is read below the overcook: until two probes there agree on it, narrow the overcook
         # to its precision; then, with probes to spare, to the search's own.
-        step = space.overcook_precision if not _plateau_seen(safe, level) else min(space.overcook_precision, 2 * space.precision)
+        step = (
+            space.overcook_precision
+            if not _plateau_seen(safe, level)
+            else min(space.overcook_precision, 2 * space.precision)
+        )
         return _close(overcook.lo, overcook.hi, None, step, taken)
     return None
 

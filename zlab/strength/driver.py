@@ -1,0 +1,284 @@
+"""`find_scale`: the scale search run through a client, resumable in its run directory, budget-capped.
+
+Each round asks `next_scale` for every LoRA still searching and renders those scales (over the spec's
+seeds) as one sweep through `AsyncClient.run`, into the same run directory: its ledger makes a rerun
+resume (decisions are deterministic, so a rerun asks for the same cells and pays for none of them
+again). The no-LoRA baseline is rendered first, once per seed, and shared by every LoRA. Before each
+round the cost of its cells is added to what the search has used; a round that would pass `budget`
+is not sent, and the search ends with the brackets it has.
+
+Spec (a YAML file for `zlab find-scale`, or a mapping)::
+
+    prompt: "t3chnic4lly a fox in the snow"
+    loras: [owner/style-a, owner/style-b]   # each searched on its own
+    seeds: [1, 2, 3]
+    width: 512
+    height: 512
+    range: [0, 2]          # scales searched
+    precision: 0.05        # bracket width for onset and saturation
+    thresholds: {noise_floor: 0.002, noise_k: 2, saturation_tol: 0.01, overcook_drop: 0.35, inert_change: 0.01}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from PIL import Image
+
+from zlab.errors import ValidationError
+from zlab.request import LoRA, Request
+from zlab.strength import measure
+from zlab.strength.definitions import Diagnosis, Probe, Thresholds, diagnose
+from zlab.strength.search import SearchSpace, next_scale
+
+if TYPE_CHECKING:
+    from zlab.client import AsyncClient
+
+SPEC_KEYS = ("prompt", "loras", "seeds", "width", "height", "range", "precision", "coarse", "max_probes", "thresholds")
+RECORD = "find_scale.json"
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """What to search: one prompt, LoRAs searched one by one, seeds, size, the search space, thresholds."""
+
+    prompt: str
+    loras: tuple[str, ...]
+    seeds: tuple[int, ...] = (1, 2, 3)
+    width: int = 1024
+    height: int = 1024
+    space: SearchSpace = field(default_factory=SearchSpace)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        if not self.loras or not all(isinstance(p, str) and p for p in self.loras):
+            raise ValidationError("loras", list(self.loras), "one or more LoRA paths")
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValidationError("seeds", list(self.seeds), "one or more concrete seeds (integers ≥ 0)")
+        Request(self.prompt, loras=[], width=self.width, height=self.height, seed=self.seeds[0])  # checks them
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], *, source: str = "spec") -> ScaleSpec:
+        """From the file's structure (see the module docstring); errors name the key."""
+        if not isinstance(spec, Mapping):
+            raise ValidationError(source, type(spec).__name__, "a mapping with keys " + ", ".join(SPEC_KEYS))
+        unknown = sorted(set(spec) - set(SPEC_KEYS))
+        if unknown:
+            raise ValidationError(unknown[0], spec[unknown[0]], "a find-scale key: one of " + ", ".join(SPEC_KEYS))
+        loras = spec.get("loras")
+        loras = [loras] if isinstance(loras, str) else loras
+        if not isinstance(loras, list):
+            raise ValidationError("loras", loras, "a LoRA path or a list of them")
+        lo, hi = spec.get("range", (0.0, 2.0)) if isinstance(spec.get("range", ()), list | tuple) else (None, None)
+        space_args: dict[str, Any] = {"lo": lo, "hi": hi}
+        for key in ("precision", "max_probes"):
+            if key in spec:
+                space_args[key] = spec[key]
+        if "coarse" in spec:
+            space_args["coarse"] = tuple(spec["coarse"])
+        thresholds = spec.get("thresholds") or {}
+        if not isinstance(thresholds, Mapping) or set(thresholds) - set(Thresholds.__dataclass_fields__):
+            raise ValidationError(
+                "thresholds", thresholds, "a mapping of: " + ", ".join(Thresholds.__dataclass_fields__)
+            )
+        try:
+            space = SearchSpace(**space_args)
+        except TypeError:
+            raise ValidationError("range", spec.get("range"), "two scales [lo, hi]") from None
+        return cls(
+            prompt=str(spec.get("prompt", "")),
+            loras=tuple(loras),
+            seeds=tuple(spec.get("seeds", (1, 2, 3))),
+            width=int(spec.get("width", 1024)),
+            height=int(spec.get("height", 1024)),
+            space=space,
+            thresholds=Thresholds(**thresholds),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ScaleSpec:
+        from zlab.yamlfile import load_yaml
+
+        return cls.from_dict(load_yaml(Path(path), "find-scale file"), source=str(path))
+
+    def request(self, seed: int, lora: LoRA | None) -> Request:
+        return Request(self.prompt, loras=[lora] if lora else [], width=self.width, height=self.height, seed=seed)
+
+
+@dataclass(frozen=True)
+class LoraAnswer:
+    """One LoRA's search: its diagnosis (with the probes as evidence) and the LoRA images it used."""
+
+    path: str
+    diagnosis: Diagnosis
+    images: int
+    grid_images: int
+    precision: float
+
+    def lines(self) -> list[str]:
+        d = self.diagnosis
+        usable = d.usable_range
+        head = f"{self.path}: {self.images} images (a grid at steps of {self.precision:g} needs {self.grid_images})"
+        rng = f"  usable range: {usable[0]:g}–{usable[1]:g}" if usable else "  usable range: none found"
+        return [head, *("  " + line for line in d.lines()[:-1]), rng]
+
+
+@dataclass(frozen=True)
+class ScaleSearch:
+    """`find_scale`'s answer: one `LoraAnswer` per LoRA, images and cost against the grid's, and why it stopped."""
+
+    answers: tuple[LoraAnswer, ...]
+    run_dir: Path
+    baseline_images: int
+    cost_usd: float
+    grid_cost_usd: float
+    stopped: str
+    spec: ScaleSpec = field(repr=False)
+
+    @property
+    def images(self) -> int:
+        """Every image the search used: the shared baseline plus each LoRA's probes."""
+        return self.baseline_images + sum(a.images for a in self.answers)
+
+    @property
+    def grid_images(self) -> int:
+        """What a grid at the search's precision needs for the same LoRAs and seeds (baseline once)."""
+        return self.baseline_images + sum(a.grid_images for a in self.answers)
+
+    def lines(self) -> list[str]:
+        out = [line for a in self.answers for line in a.lines()]
+        out.append(
+            f"used {self.images} images (≈${self.cost_usd:.2f}); "
+            f"a grid at steps of {self.spec.space.precision:g} needs "
+            f"{self.grid_images} (≈${self.grid_cost_usd:.2f}); {self.stopped}"
+        )
+        out.append(f"definitions: {self.spec.thresholds.describe()}")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+    def frame(self) -> pd.DataFrame:
+        """Every probe, one row per (LoRA, scale, seed): change and detail, for plots and reports."""
+        rows = [
+            {"lora": a.path, "scale": p.scale, "seed": s, "change": c, "detail": d}
+            for a in self.answers
+            for p in a.diagnosis.probes
+            for s, c, d in zip(p.seeds, p.change, p.detail, strict=True)
+        ]
+        return pd.DataFrame(rows, columns=["lora", "scale", "seed", "change", "detail"])
+
+
+def _load(run_dir: Path, row: Mapping[str, Any]) -> Image.Image:
+    if row.get("status") != "succeeded" or not row.get("image_path"):
+        raise ValidationError("cell", row.get("key"), f"an image (it is {row.get('status')}: {row.get('error')})")
+    with Image.open(run_dir / str(row["image_path"])) as opened:
+        image = opened.convert("RGB")
+    image.thumbnail((measure.WIDTH, measure.WIDTH * 4), Image.Resampling.LANCZOS)
+    return image
+
+
+async def find_scale(
+    client: AsyncClient,
+    spec: ScaleSpec,
+    out: str | os.PathLike[str],
+    *,
+    budget: float | None = None,
+    concurrency: int = 8,
+    echo: Callable[[str], None] | None = None,
+) -> ScaleSearch:
+    """Search every LoRA of `spec` (see the module docstring); returns what was found and what it cost."""
+    from zlab.sweep import Sweep
+
+    run_dir = Path(out)
+    say = echo or (lambda line: None)
+    price = await client.pricing()
+    seeds = list(spec.seeds)
+    spent = 0.0
+
+    async def render(path: str | None, scale: float = 0.0) -> dict[int, Image.Image]:
+        """Renders the baseline (path None) or one probe over every seed, as one sweep; images by seed."""
+        lora = LoRA(path, scale) if path else None
+        sweep = Sweep(spec.request(seeds[0], lora), {"seed": seeds}, name="find-scale")
+        result = await client.run(
+            sweep, run_dir, concurrency=concurrency, progress=False, sheet=False, echo=lambda _: None
+        )
+        return {int(row["seed"]): _load(run_dir, row) for row in result.df.to_dict("records")}
+
+    def cost(n_cells: int) -> float:
+        return sum(price.cost(spec.request(s, None)) for s in seeds) * n_cells
+
+    stopped = "every bracket closed"
+    base_cost = cost(1)
+    if budget is not None and base_cost > budget:
+        raise ValidationError("budget", budget, f"at least ${base_cost:.2f} for the baseline images")
+    spent += base_cost
+    baseline = await render(None)
+    probes: dict[str, list[Probe]] = {p: [Probe.baseline(seeds)] for p in spec.loras}
+    while True:
+        asks = [(p, x) for p in spec.loras if (x := next_scale(probes[p], spec.space, spec.thresholds)) is not None]
+        if not asks:
+            break
+        if budget is not None and spent + cost(len(asks)) > budget + 1e-9:
+            stopped = f"stopped at the budget (${budget:.2f}): {len(asks)} LoRA(s) not finished"
+            break
+        spent += cost(len(asks))
+        say(f"zlab: find-scale: probing {', '.join(f'{p}@{x:g}' for p, x in asks)}")
+        for path, x in asks:
+            images = await render(path, x)
+            ims = [images[s] for s in seeds]
+            probes[path].append(
+                Probe(
+                    x,
+                    tuple(seeds),
+                    tuple(measure.change(baseline[s], im) for s, im in zip(seeds, ims, strict=True)),
+                    tuple(measure.relative_detail(baseline[s], im) for s, im in zip(seeds, ims, strict=True)),
+                )
+            )
+    grid = spec.space.grid_scales - 1  # the grid's scale-lo images are the shared baseline
+    answers = tuple(
+        LoraAnswer(
+            p,
+            diagnose(probes[p], spec.thresholds),
+            (len(probes[p]) - 1) * len(seeds),
+            grid * len(seeds),
+            spec.space.precision,
+        )
+        for p in spec.loras
+    )
+    result = ScaleSearch(answers, run_dir, len(seeds), spent, base_cost + cost(grid * len(spec.loras)), stopped, spec)
+    _record(result)
+    return result
+
+
+def _record(result: ScaleSearch) -> None:
+    """find_scale.json and find_scale.csv in the run directory: the answer and every probe, for people."""
+    payload = {
+        "answers": [
+            {
+                "lora": a.path,
+                "images": a.images,
+                "grid_images": a.grid_images,
+                "findings": {
+                    name: None if f is None else {"lo": f.lo, "hi": f.hi, "value": f.value, "evidence": f.evidence}
+                    for name, f in a.diagnosis._findings()
+                },
+                "warnings": list(a.diagnosis.warnings),
+            }
+            for a in result.answers
+        ],
+        "images": result.images,
+        "grid_images": result.grid_images,
+        "cost_usd": result.cost_usd,
+        "grid_cost_usd": result.grid_cost_usd,
+        "stopped": result.stopped,
+        "definitions": result.spec.thresholds.describe(),
+    }
+    (result.run_dir / RECORD).write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    result.frame().to_csv(result.run_dir / "find_scale.csv", index=False)
