@@ -60,7 +60,19 @@ def test_the_find_scale_command_prints_the_interval_images_and_grid_cost(server,
 
 
 @pytest.mark.parametrize(
-    "bad", [{"loras": []}, {"seeds": [-1]}, {"range": [2, 1]}, {"thresholds": {"bogus": 1}}, {"colour": 1}]
+    "bad",
+    [
+        {"loras": []},
+        {"loras": ["a/b", "a/b"]},
+        {"seeds": [-1]},
+        {"seeds": 3},
+        {"range": [2, 1]},
+        {"range": [0, 1, 2]},
+        {"width": "wide"},
+        {"precision": 0},
+        {"thresholds": {"bogus": 1}},
+        {"colour": 1},
+    ],
 )
 def test_a_bad_spec_is_refused_by_name(bad):
     from zlab.strength.driver import ScaleSpec

@@ -59,9 +59,14 @@ class ScaleSpec:
     def __post_init__(self) -> None:
         if not self.loras or not all(isinstance(p, str) and p for p in self.loras):
             raise ValidationError("loras", list(self.loras), "one or more LoRA paths")
+        if len(set(self.loras)) != len(self.loras):
+            raise ValidationError("loras", list(self.loras), "distinct LoRA paths")
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValidationError("seeds", list(self.seeds), "one or more concrete seeds (integers ≥ 0)")
-        Request(self.prompt, loras=[], width=self.width, height=self.height, seed=self.seeds[0])  # checks them
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValidationError("seeds", list(self.seeds), "distinct seeds")
+        loras = [LoRA(path, 1.0) for path in self.loras]  # each path checked as the model's schema checks it
+        Request(self.prompt, loras=loras[:1], width=self.width, height=self.height, seed=self.seeds[0])
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], *, source: str = "spec") -> ScaleSpec:
@@ -75,29 +80,35 @@ class ScaleSpec:
         loras = [loras] if isinstance(loras, str) else loras
         if not isinstance(loras, list):
             raise ValidationError("loras", loras, "a LoRA path or a list of them")
-        lo, hi = spec.get("range", (0.0, 2.0)) if isinstance(spec.get("range", ()), list | tuple) else (None, None)
-        space_args: dict[str, Any] = {"lo": lo, "hi": hi}
+        seeds = spec.get("seeds", [1, 2, 3])
+        if not isinstance(seeds, list):
+            raise ValidationError("seeds", seeds, "a list of seeds, e.g. [1, 2, 3]")
+        scale_range = spec.get("range", [0.0, 2.0])
+        if not isinstance(scale_range, list) or len(scale_range) != 2:
+            raise ValidationError("range", scale_range, "two scales [lo, hi], e.g. [0, 2]")
+        space_args: dict[str, Any] = {"lo": scale_range[0], "hi": scale_range[1]}
         for key in ("precision", "max_probes"):
             if key in spec:
                 space_args[key] = spec[key]
         if "coarse" in spec:
+            if not isinstance(spec["coarse"], list):
+                raise ValidationError("coarse", spec["coarse"], "a list of scales, e.g. [0.5, 1, 2]")
             space_args["coarse"] = tuple(spec["coarse"])
         thresholds = spec.get("thresholds") or {}
         if not isinstance(thresholds, Mapping) or set(thresholds) - set(Thresholds.__dataclass_fields__):
             raise ValidationError(
                 "thresholds", thresholds, "a mapping of: " + ", ".join(Thresholds.__dataclass_fields__)
             )
-        try:
-            space = SearchSpace(**space_args)
-        except TypeError:
-            raise ValidationError("range", spec.get("range"), "two scales [lo, hi]") from None
+        prompt = spec.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValidationError("prompt", prompt, "the prompt (a string)")
         return cls(
-            prompt=str(spec.get("prompt", "")),
+            prompt=prompt,
             loras=tuple(loras),
-            seeds=tuple(spec.get("seeds", (1, 2, 3))),
-            width=int(spec.get("width", 1024)),
-            height=int(spec.get("height", 1024)),
-            space=space,
+            seeds=tuple(seeds),
+            width=spec.get("width", 1024),
+            height=spec.get("height", 1024),
+            space=SearchSpace(**space_args),
             thresholds=Thresholds(**thresholds),
         )
 

@@ -44,15 +44,16 @@ class SearchSpace:
     max_probes: int | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.lo, int | float) and isinstance(self.hi, int | float) and 0 <= self.lo < self.hi):
-            raise ValidationError("range", [self.lo, self.hi], "two scales 0 ≤ lo < hi")
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (self.lo, self.hi))
+        if not (numbers and 0 <= self.lo < self.hi <= 4):
+            raise ValidationError("range", [self.lo, self.hi], "two scales 0 ≤ lo < hi ≤ 4 (the model's range)")
         if not (isinstance(self.precision, int | float) and 0 < self.precision <= self.hi - self.lo):
             raise ValidationError("precision", self.precision, f"a step > 0 and ≤ {self.hi - self.lo:g}")
         if not self.overcook_precision > 0:
             raise ValidationError("overcook_precision", self.overcook_precision, "a step > 0")
-        if any(not self.lo < c <= self.hi for c in self.coarse):
+        if not self.coarse or any(not isinstance(c, int | float) or not self.lo < c <= self.hi for c in self.coarse):
             raise ValidationError("coarse", list(self.coarse), f"scales in ({self.lo:g}, {self.hi:g}]")
-        if self.max_probes is not None and self.max_probes < len(self.coarse):
+        if self.max_probes is not None and (not isinstance(self.max_probes, int) or self.max_probes < len(self.coarse)):
             raise ValidationError("max_probes", self.max_probes, f"at least the {len(self.coarse)} coarse scales")
 
     @property
