@@ -213,3 +213,22 @@ def test_metrics_run_end_to_end_on_the_tiny_diffusers_pipeline_with_a_real_lora_
     assert (lora_rows["lpips"] > 0).all() and (df[df["baseline"]]["lpips"].abs() < 1e-6).all()
     far = lora_rows.groupby("lora1_scale")["dino_distance"].mean()
     assert far.loc[1.5] > far.loc[0.5]  # a stronger LoRA moves the image further from the baseline
+
+
+@needs_metrics
+def test_find_scale_can_read_overcook_from_clip_adherence(server, tmp_path, tiny):
+    from zlab.metrics import clip_adherence
+
+    calls = []
+    adherence = clip_adherence(tiny["clip"])
+
+    def quality(base, image, prompt):
+        calls.append(prompt)
+        return adherence(base, image, prompt)
+
+    spec = {"prompt": "a fox", "loras": ["owner/lora-12"], "seeds": [1, 2], "width": 256, "height": 256}
+    with Client(base_url=server.base_url) as client:
+        found = client.find_scale(spec, tmp_path / "run", quality=quality)
+    details = [d for p in found.answers[0].diagnosis.probes[1:] for d in p.detail]
+    assert len(calls) == len(details) and set(calls) == {"a fox"}
+    assert all(np.isfinite(details)) and any(abs(d - 1) > 1e-6 for d in details)  # CLIP's ratio, not a constant

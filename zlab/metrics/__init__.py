@@ -13,16 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 _LAZY = {
     "add_metrics": "zlab.metrics.compute",
+    "clip_adherence": "zlab.metrics.compute",
     "METRICS": "zlab.metrics.compute",
     "ClipModel": "zlab.metrics.models",
     "TimmEmbedder": "zlab.metrics.models",
     "LpipsModel": "zlab.metrics.models",
     "WeightsMissing": "zlab.metrics.models",
 }
-__all__ = ["METRICS", "ClipModel", "LpipsModel", "TimmEmbedder", "WeightsMissing", "add_metrics"]
+__all__ = ["METRICS", "ClipModel", "LpipsModel", "TimmEmbedder", "WeightsMissing", "add_metrics", "clip_adherence"]
 
 if TYPE_CHECKING:
-    from zlab.metrics.compute import METRICS, add_metrics
+    from zlab.metrics.compute import METRICS, add_metrics, clip_adherence
     from zlab.metrics.models import ClipModel, LpipsModel, TimmEmbedder, WeightsMissing
 
 

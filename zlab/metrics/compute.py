@@ -216,3 +216,17 @@ def _progress(total: int, show: bool) -> Callable[[int], None]:
             bar.update(n)
 
     return tick
+
+
+def clip_adherence(clip: Any) -> Callable[[Image.Image, Image.Image, str], float]:
+    """A quality measure for `find_scale(quality=…)`: the image's CLIP score for the prompt over its baseline's,
+    so the overcook test reads "prompt adherence fell below (1 − overcook_drop) of its best"."""
+    texts: dict[str, np.ndarray] = {}
+
+    def adherence(baseline: Image.Image, image: Image.Image, prompt: str) -> float:
+        if prompt not in texts:
+            texts[prompt] = clip.embed_texts([prompt])[0]
+        base, img = clip.embed_images([baseline, image])
+        return float(img @ texts[prompt]) / max(float(base @ texts[prompt]), 1e-6)
+
+    return adherence

@@ -40,6 +40,7 @@ from zlab.strength.search import SearchSpace, next_scale
 if TYPE_CHECKING:
     from zlab.client import AsyncClient
 
+Quality = Callable[[Image.Image, Image.Image, str], float]  # (baseline, image, prompt) → quality relative to baseline
 SPEC_KEYS = ("prompt", "loras", "seeds", "width", "height", "range", "precision", "coarse", "max_probes", "thresholds")
 RECORD = "find_scale.json"
 
@@ -203,8 +204,14 @@ async def find_scale(
     budget: float | None = None,
     concurrency: int = 8,
     echo: Callable[[str], None] | None = None,
+    quality: Quality | None = None,
 ) -> ScaleSearch:
-    """Search every LoRA of `spec` (see the module docstring); returns what was found and what it cost."""
+    """Search every LoRA of `spec` (see the module docstring); returns what was found and what it cost.
+
+    `quality(baseline, image, prompt)` replaces the built-in detail measure behind the overcook test: a value
+    relative to the baseline (1 = as good), e.g. `zlab.metrics.clip_adherence(clip)` for prompt adherence.
+    """
+    score = quality or (lambda base, image, _prompt: measure.relative_detail(base, image))
     from zlab.sweep import Sweep
 
     run_dir = Path(out)
@@ -249,7 +256,7 @@ async def find_scale(
                     x,
                     tuple(seeds),
                     tuple(measure.change(baseline[s], im) for s, im in zip(seeds, ims, strict=True)),
-                    tuple(measure.relative_detail(baseline[s], im) for s, im in zip(seeds, ims, strict=True)),
+                    tuple(score(baseline[s], im, spec.prompt) for s, im in zip(seeds, ims, strict=True)),
                 )
             )
     grid = spec.space.grid_scales - 1  # the grid's scale-lo images are the shared baseline
