@@ -147,12 +147,13 @@ class Diagnosis:
 
     def lines(self) -> list[str]:
         """The diagnosis as text: findings, warnings, then the thresholds used."""
-        out = [str(f) if f else f"{name}: not seen in the probed range" for name, f in self._findings()]
+        out = [str(f) if f else f"{name}: not seen in the probed range" for name, f in self.findings()]
         out += [f"warning: {w}" for w in self.warnings]
         out.append(f"definitions: {self.thresholds.describe()}")
         return out
 
-    def _findings(self) -> list[tuple[str, Finding | None]]:
+    def findings(self) -> list[tuple[str, Finding | None]]:
+        """(name, finding or None) for onset, saturation and overcook, in that order."""
         return [("onset", self.onset), ("saturation", self.saturation), ("overcook", self.overcook)]
 
     def __str__(self) -> str:

@@ -285,7 +285,7 @@ def _record(result: ScaleSearch) -> None:
                 "grid_images": a.grid_images,
                 "findings": {
                     name: None if f is None else {"lo": f.lo, "hi": f.hi, "value": f.value, "evidence": f.evidence}
-                    for name, f in a.diagnosis._findings()
+                    for name, f in a.diagnosis.findings()
                 },
                 "warnings": list(a.diagnosis.warnings),
             }

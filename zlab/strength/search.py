@@ -7,14 +7,15 @@ in the scale, so a line through the two ramp probes nearest the crossing predict
 just either side of the prediction (±0.45 h), which closes the bracket in two probes when the line is
 right, and each probe still shrinks the bracket when it is not. With no two ramp probes it bisects.
 
-Order: coarse scales; the overcook bracket (by bisection, to `overcook_precision`: the plateau is read
-below it); the onset; the saturation. The search stops at `max_probes` LoRA scales, with the brackets
-it has (their widths say the precision reached).
+Order: the coarse scales; while the plateau (read below any overcook) rests on one probe, the overcook
+bracket by bisection to an eighth of the range; with fewer than two ramp probes, the saturation bracket
+by bisection (its midpoint often lands on the ramp); the onset; the saturation; with probes to spare, the
+overcook to `overcook_precision`. The search stops at `probe_limit` LoRA scales, with the brackets it
+has (their widths say the precision reached).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -119,9 +120,10 @@ def next_scale(probes: Sequence[Probe], space: SearchSpace, thresholds: Threshol
         return None
     level = saturation_level(plateau, t)
     ramp = [p for p in safe if clears_noise(p, t) and p.mean_change < level]
-    if overcook is not None and overcook.width > 0.25 and not _plateau_seen(safe, level):
+    eighth = (space.hi - space.lo) / 8
+    if overcook is not None and overcook.width > eighth and not _plateau_seen(safe, level):
         # The plateau is read below the overcook: a wide overcook bracket may hide it, so narrow it first.
-        return _close(overcook.lo, overcook.hi, None, 0.25, taken)
+        return _close(overcook.lo, overcook.hi, None, eighth, taken)
     found = diagnose(ordered, t)
     onset, saturation = found.onset, found.saturation
     if len(ramp) < 2 and saturation is not None:
@@ -140,28 +142,11 @@ def next_scale(probes: Sequence[Probe], space: SearchSpace, thresholds: Threshol
         x = _close(saturation.lo, saturation.hi, est, space.precision, taken)
         if x is not None:
             return x
-    if overcook is not None:
-        # The plateau is read below the overcook: until two probes there agree on it, narrow the overcook
-        # to its precision; then, with probes to spare, to the search's own.
-        step = (
-            space.overcook_precision
-            if not _plateau_seen(safe, level)
-            else min(space.overcook_precision, 2 * space.precision)
-        )
-        return _close(overcook.lo, overcook.hi, None, step, taken)
+    if overcook is not None:  # with probes to spare, the overcook to its own precision
+        return _close(overcook.lo, overcook.hi, None, space.overcook_precision, taken)
     return None
 
 
 def _plateau_seen(safe: Sequence[Probe], level: float) -> bool:
     """Do at least two probes below the overcook reach the saturation level (the change stopped growing)?"""
     return sum(1 for p in safe if p.mean_change >= level) >= 2
-
-
-def grid_images(space: SearchSpace, seeds: int) -> int:
-    """Images a grid at the search's precision needs over `seeds` seeds (scale lo included)."""
-    return space.grid_scales * seeds
-
-
-def within(value: float, truth: float, tolerance: float) -> bool:
-    """|value − truth| ≤ tolerance (with a hair of floating-point slack)."""
-    return math.isclose(value, truth, abs_tol=tolerance + 1e-9) or abs(value - truth) <= tolerance
