@@ -38,6 +38,23 @@ def test_find_scale_finds_the_known_curve_flags_the_inert_lora_and_resumes_for_f
     assert "used" in str(found) and "a grid at steps of 0.05 needs" in str(found)
 
 
+def test_a_probe_that_fails_leaves_its_lora_unfinished_and_a_rerun_completes_it(server, tmp_path):
+    def fail_from_now_on(line: str) -> None:
+        server.set_faults(job_failure=1.0)  # every job of the first probe round fails on the server
+
+    spec = {**SPEC, "loras": [ACTING]}
+    with Client(base_url=server.base_url) as client:
+        first = client.find_scale(spec, tmp_path / "run", echo=fail_from_now_on)
+        server.set_faults()
+        second = client.find_scale(spec, tmp_path / "run")
+    assert "scale 0.5" in first.answers[0].unfinished and "rerun to resume" in first.stopped
+    assert first.answers[0].diagnosis.onset is None and "unfinished" in str(first)
+    assert second.answers[0].unfinished == "" and second.stopped == "every bracket closed"
+    assert second.answers[0].diagnosis.onset is not None
+    truth = synthetic.curve_of(ACTING)
+    assert truth.onset is not None and abs(second.answers[0].diagnosis.onset.value - truth.onset) <= 0.05
+
+
 def test_find_scale_stops_at_its_budget(server, tmp_path):
     with Client(base_url=server.base_url) as client:
         price = client.pricing()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from PIL import Image
 
-from zlab.errors import ValidationError
+from zlab.errors import ValidationError, ZlabError
 from zlab.request import LoRA, Request
 from zlab.strength import measure
 from zlab.strength.definitions import Diagnosis, Probe, Thresholds, diagnose
@@ -132,13 +132,15 @@ class LoraAnswer:
     images: int
     grid_images: int
     precision: float
+    unfinished: str = ""  # why the search for this LoRA stopped early (a cell without an image)
 
     def lines(self) -> list[str]:
         d = self.diagnosis
         usable = d.usable_range
         head = f"{self.path}: {self.images} images (a grid at steps of {self.precision:g} needs {self.grid_images})"
         rng = f"  usable range: {usable[0]:g}–{usable[1]:g}" if usable else "  usable range: none found"
-        return [head, *("  " + line for line in d.lines()[:-1]), rng]
+        unfinished = [f"  unfinished: {self.unfinished}"] if self.unfinished else []
+        return [head, *("  " + line for line in d.lines()[:-1]), rng, *unfinished]
 
 
 @dataclass(frozen=True)
@@ -187,9 +189,10 @@ class ScaleSearch:
         return pd.DataFrame(rows, columns=["lora", "scale", "seed", "change", "detail"])
 
 
-def _load(run_dir: Path, row: Mapping[str, Any]) -> Image.Image:
+def _load(run_dir: Path, row: Mapping[str, Any]) -> Image.Image | None:
+    """The cell's image as a measuring thumbnail, or None when the cell has none (failed, still pending)."""
     if row.get("status") != "succeeded" or not row.get("image_path"):
-        raise ValidationError("cell", row.get("key"), f"an image (it is {row.get('status')}: {row.get('error')})")
+        return None
     with Image.open(run_dir / str(row["image_path"])) as opened:
         image = opened.convert("RGB")
     image.thumbnail((measure.WIDTH, measure.WIDTH * 4), Image.Resampling.LANCZOS)
@@ -220,14 +223,22 @@ async def find_scale(
     seeds = list(spec.seeds)
     spent = 0.0
 
-    async def render(path: str | None, scale: float = 0.0) -> dict[int, Image.Image]:
-        """Renders the baseline (path None) or one probe over every seed, as one sweep; images by seed."""
+    async def render(path: str | None, scale: float = 0.0) -> tuple[dict[int, Image.Image], str]:
+        """Renders the baseline (path None) or one probe over every seed, as one sweep: (images by seed, and
+        what is missing, e.g. "seed 2 failed: …"; empty when every seed has its image)."""
         lora = LoRA(path, scale) if path else None
         sweep = Sweep(spec.request(seeds[0], lora), {"seed": seeds}, name="find-scale")
         result = await client.run(
             sweep, run_dir, concurrency=concurrency, progress=False, sheet=False, echo=lambda _: None
         )
-        return {int(row["seed"]): _load(run_dir, row) for row in result.df.to_dict("records")}
+        images, missing = {}, []
+        for row in result.df.to_dict("records"):
+            image = _load(run_dir, row)
+            if image is None:
+                missing.append(f"seed {row['seed']} {row.get('status')}: {row.get('error') or 'no image'}")
+            else:
+                images[int(row["seed"])] = image
+        return images, "; ".join(missing)
 
     def cost(n_cells: int) -> float:
         return sum(price.cost(spec.request(s, None)) for s in seeds) * n_cells
@@ -237,10 +248,14 @@ async def find_scale(
     if budget is not None and base_cost > budget:
         raise ValidationError("budget", budget, f"at least ${base_cost:.2f} for the baseline images")
     spent += base_cost
-    baseline = await render(None)
+    baseline, missing = await render(None)
+    if missing:
+        raise ZlabError(f"find-scale: the no-LoRA baseline images are not all there ({missing}); rerun to resume")
     probes: dict[str, list[Probe]] = {p: [Probe.baseline(seeds)] for p in spec.loras}
+    unfinished: dict[str, str] = {}
     while True:
-        asks = [(p, x) for p in spec.loras if (x := next_scale(probes[p], spec.space, spec.thresholds)) is not None]
+        searching = [p for p in spec.loras if p not in unfinished]
+        asks = [(p, x) for p in searching if (x := next_scale(probes[p], spec.space, spec.thresholds)) is not None]
         if not asks:
             break
         if budget is not None and spent + cost(len(asks)) > budget + 1e-9:
@@ -249,7 +264,10 @@ async def find_scale(
         spent += cost(len(asks))
         say(f"zlab: find-scale: probing {', '.join(f'{p}@{x:g}' for p, x in asks)}")
         for path, x in asks:
-            images = await render(path, x)
+            images, missing = await render(path, x)
+            if missing:  # this LoRA stops here; the others go on, and a rerun resumes it
+                unfinished[path] = f"scale {x:g}: {missing}; rerun to resume"
+                continue
             ims = [images[s] for s in seeds]
             probes[path].append(
                 Probe(
@@ -267,9 +285,12 @@ async def find_scale(
             (len(probes[p]) - 1) * len(seeds),
             grid * len(seeds),
             spec.space.precision,
+            unfinished.get(p, ""),
         )
         for p in spec.loras
     )
+    if unfinished and stopped == "every bracket closed":
+        stopped = f"{len(unfinished)} LoRA(s) unfinished (a probe has no image); rerun to resume"
     result = ScaleSearch(answers, run_dir, len(seeds), spent, base_cost + cost(grid * len(spec.loras)), stopped, spec)
     _record(result)
     return result
@@ -288,6 +309,7 @@ def _record(result: ScaleSearch) -> None:
                     for name, f in a.diagnosis.findings()
                 },
                 "warnings": list(a.diagnosis.warnings),
+                "unfinished": a.unfinished or None,
             }
             for a in result.answers
         ],
