@@ -226,7 +226,7 @@ def _find_scale(args: argparse.Namespace) -> int:
         async with AsyncClient() as client:
             found = await client.find_scale(spec, out, budget=args.budget)
         print(found)
-        return 0
+        return 1 if any(a.unfinished for a in found.answers) else 0  # 1: rerun to finish
 
     return _run_interruptible(main)
 
