@@ -224,7 +224,9 @@ def _find_scale(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with AsyncClient() as client:
-            found = await client.find_scale(spec, out, budget=args.budget)
+            found = await client.find_scale(
+                spec, out, budget=args.budget, echo=lambda line: print(line, file=sys.stderr)
+            )
         print(found)
         return 1 if any(a.unfinished for a in found.answers) else 0  # 1: rerun to finish
 
