@@ -25,6 +25,15 @@ def test_baseline_adds_one_no_lora_cell_per_prompt_seed_and_size():
         (s, 256, h) for s in (1, 2) for h in (256, 512)
     }
     assert len({c.key for c in cells}) == len(cells)
+    assert {c.values["size"] for c in extra} == {"256x256", "256x512"} and "lora1_scale" not in extra[0].values
+
+
+def test_a_baseline_cell_keeps_its_prompt_axes_so_it_sorts_beside_its_group():
+    sweep = Sweep(BASE, {"lora1_scale": [1.0], "prompt_sr": ["TRIGGER", "t3ch"]}, baseline=True)
+    plan = sweep.plan()
+    added = plan[plan["baseline"]]
+    assert list(added["prompt_sr"]) == ["TRIGGER", "t3ch"]
+    assert list(added["prompt"]) == ["TRIGGER a fox in SEASON", "t3ch a fox in SEASON"]
 
 
 def test_scale_zero_cells_are_the_baseline_and_nothing_is_added_there():

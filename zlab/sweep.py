@@ -328,20 +328,22 @@ def apply_values(base: Request, values: Mapping[str, Any], terms: Mapping[str, s
 
 def _with_baseline(cells: list[Cell]) -> list[Cell]:
     """`cells` plus one no-LoRA cell per (prompt, seed, size), unless a cell there has every scale at 0
-    (it is the same image); every cell says whether it is a baseline."""
-    groups: dict[tuple[str, int, int, int], bool] = {}
+    (it is the same image); every cell says whether it is a baseline. An added cell keeps the axis values
+    that do not concern LoRAs (prompt, search/replace, seed, size), so it sorts beside its group."""
+    groups: dict[tuple[str, int, int, int], tuple[bool, Cell]] = {}
     marked = []
     for cell in cells:
         req = cell.request
         group = (req.prompt, req.seed, req.width, req.height)
         zero = not req.loras or all(lora.scale == 0 for lora in req.loras)
-        groups[group] = groups.get(group, False) or zero
+        covered, first = groups.get(group, (False, cell))
+        groups[group] = (covered or zero, first)
         marked.append(dataclasses.replace(cell, derived={**cell.derived, "baseline": zero}))
-    for group, covered in groups.items():
+    for (prompt, seed, width, height), (covered, first) in groups.items():
         if not covered:
-            prompt, seed, width, height = group
             request = Request(prompt, loras=(), width=width, height=height, seed=seed)
-            marked.append(Cell(len(marked), request, {}, {"baseline": True}))
+            values = {k: v for k, v in first.values.items() if not k.startswith("lora")}
+            marked.append(Cell(len(marked), request, values, {"baseline": True}))
     return marked
 
 
