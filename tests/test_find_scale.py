@@ -96,3 +96,34 @@ def test_a_bad_spec_is_refused_by_name(bad):
 
     with pytest.raises(errors.ValidationError):
         ScaleSpec.from_dict({**SPEC, **bad})
+
+
+def test_find_combination_recovers_the_scales_of_a_target_look(server, tmp_path):
+    """Targets rendered with two known LoRA scales: the compass search finds them again from (1, 1)."""
+    import asyncio
+
+    from zlab.client import AsyncClient
+    from zlab.request import LoRA, Request
+    from zlab.strength.combine import CompassSearch, best_of, describe
+    from zlab.strength.driver import find_combination
+
+    paths, truth = ["owner/lora-4", "owner/lora-6"], (0.7, 0.5)  # both on their ramps there (curve_of)
+    targets = {}
+    for seed in (1, 2):
+        loras = [LoRA(p, s) for p, s in zip(paths, truth, strict=True)]
+        target = synthetic.render(Request("a fox", loras=loras, width=256, height=256, seed=seed))
+        targets[seed] = tmp_path / f"target-{seed}.png"
+        target.save(targets[seed])
+
+    async def search():
+        async with AsyncClient(base_url=server.base_url) as client:
+            return await find_combination(
+                client, "a fox", paths, targets, tmp_path / "run", CompassSearch((1.0, 1.0)), width=256, height=256
+            )
+
+    points = asyncio.run(search())
+    best = best_of(points)
+    assert all(abs(b - t) <= 0.07 for b, t in zip(best, truth, strict=True)), describe(points, paths)
+    assert len(points) < 60 and "combinations tried" in describe(points, paths)
+    sent = len(server.stats.submissions)
+    assert asyncio.run(search()) == points and len(server.stats.submissions) == sent  # resumed, nothing resent

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from PIL import Image
 from zlab.errors import ValidationError, ZlabError
 from zlab.request import LoRA, Request
 from zlab.strength import measure
+from zlab.strength.combine import CompassSearch, next_point
 from zlab.strength.definitions import Diagnosis, Probe, Thresholds, diagnose
 from zlab.strength.search import SearchSpace, next_scale
 
@@ -322,3 +323,51 @@ def _record(result: ScaleSearch) -> None:
     }
     (result.run_dir / RECORD).write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     result.frame().to_csv(result.run_dir / "find_scale.csv", index=False)
+
+
+async def find_combination(
+    client: AsyncClient,
+    prompt: str,
+    loras: Sequence[str],
+    targets: Mapping[int, str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    search: CompassSearch,
+    *,
+    width: int = 1024,
+    height: int = 1024,
+    budget: float | None = None,
+) -> dict[tuple[float, ...], float]:
+    """The scales of 2–3 LoRAs whose images come closest to `targets` (a target image per seed): objective =
+    mean over seeds of the mean |Δpixel| to the target; compass search (`zlab.strength.combine`). Every
+    combination is a sweep into `out`, so a rerun resumes; `budget` stops before one would pass it.
+    Returns every combination tried with its objective (`combine.best_of` / `combine.describe` read it)."""
+    from zlab.sweep import Sweep
+
+    if len(loras) != len(search.start):
+        raise ValidationError("start", list(search.start), f"one scale per LoRA ({len(loras)})")
+    seeds, run_dir = sorted(targets), Path(out)
+    goal = {}
+    for seed in seeds:
+        with Image.open(targets[seed]) as im:
+            goal[seed] = im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+            goal[seed].thumbnail((measure.WIDTH, measure.WIDTH * 4), Image.Resampling.LANCZOS)
+    price = await client.pricing()
+    per_point = sum(price.cost(Request(prompt, loras=[], width=width, height=height, seed=s)) for s in seeds)
+    points: dict[tuple[float, ...], float] = {}
+    while (point := next_point(points, search)) is not None:
+        if budget is not None and per_point * (len(points) + 1) > budget + 1e-9:
+            break
+        base = Request(prompt, loras=[LoRA(p, s) for p, s in zip(loras, point, strict=True)], width=width,
+                       height=height, seed=seeds[0])  # fmt: skip
+        result = await client.run(
+            Sweep(base, {"seed": seeds}, name="find-combination"), run_dir, progress=False, sheet=False,
+            echo=lambda _: None,
+        )  # fmt: skip
+        images: dict[int, Image.Image] = {}
+        for row in result.df.to_dict("records"):
+            if (image := _load(run_dir, row)) is not None:
+                images[int(row["seed"])] = image
+        if set(images) != set(seeds):
+            raise ZlabError(f"find-combination: images missing at {point}; rerun to resume")
+        points[point] = sum(measure.change(goal[s], images[s]) for s in seeds) / len(seeds)
+    return points
