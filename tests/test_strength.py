@@ -132,3 +132,24 @@ def test_the_search_finds_the_synthetic_backends_known_curve(index):
     assert d.saturation is not None and abs(d.saturation.value - truth.saturation) <= 0.05, (d.saturation, truth)
     if truth.overcook is not None and truth.overcook < 1.9:
         assert d.overcook is not None and truth.overcook - 0.05 <= d.overcook.value <= truth.overcook + 0.15
+
+
+def test_compass_search_walks_to_the_minimum_and_stops():
+    from zlab.strength.combine import CompassSearch, best_of, next_point
+
+    target = (0.3, 1.45, 0.9)
+    search = CompassSearch((1.0, 1.0, 1.0), step=0.5, min_step=0.05)
+    points: dict = {}
+    while (p := next_point(points, search)) is not None:
+        assert p not in points and all(0 <= s <= 2 for s in p)
+        points[p] = sum((a - b) ** 2 for a, b in zip(p, target, strict=True))
+    assert next(iter(points)) == (1.0, 1.0, 1.0)
+    assert all(abs(a - b) <= 0.0625 for a, b in zip(best_of(points), target, strict=True))
+    assert len(points) <= search.max_points
+    capped = CompassSearch((1.0,), max_points=3)
+    few: dict = {}
+    while (p := next_point(few, capped)) is not None:
+        few[p] = abs(p[0] - 0.2)
+    assert len(few) == 3
+    with pytest.raises(ValidationError):
+        CompassSearch((1.0, 1.0, 1.0, 1.0))
