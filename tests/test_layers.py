@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("zlab.core",),
     ("zlab.api", "zlab.server", "zlab.testing"),
     ("zlab.runs", "zlab.sheet"),
+    ("zlab.strength", "zlab.metrics"),
     ("zlab.client",),
     ("zlab.views", "zlab.report"),
     ("zlab.cli",),

@@ -26,7 +26,7 @@ from zlab.report import report
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("lora_scale_sweep", "seed_grid", "size_sweep")
+NAMES = ("lora_scale_sweep", "seed_grid", "size_sweep", "find_scale")
 CANARY = "canary-token-3e9d1f7a5c20"
 _PNG_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
 
@@ -232,3 +232,29 @@ def test_size_sweep_runs_and_letterboxes(tmp_path, monkeypatch):
         assert sheet.width > sheet.height  # three sizes across one seed row
     html = rep.html.read_text(encoding="utf-8")
     assert "megapixels" in html and "data:image/png;base64" in html  # the per-size table and the sheet
+
+
+@pytest.mark.slow
+def test_find_scale_runs_offline_with_papermill_and_shows_diagnosis_curves_and_savings(tmp_path, monkeypatch):
+    for k, v in clean_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    for k in [k for k in os.environ if k.startswith("RUNCOMFY_") or k == "ZLAB_BASE_URL"]:
+        monkeypatch.delenv(k)
+    run = tmp_path / "run"
+    loras = ["owner/lora-12", "owner/lora-9"]  # the built-in server's known curves: one acts, one does nothing
+    params = {"loras": loras, "seeds": [1, 2], "width": 256, "height": 256, "precision": 0.1, "out_dir": str(run)}
+    rep = report(NOTEBOOKS / "find_scale.ipynb", params, tmp_path / "out")
+    assert rep.ok, rep.error
+    record = json.loads((run / "find_scale.json").read_text())
+    assert [a["lora"] for a in record["answers"]] == loras and record["images"] * 4 <= record["grid_images"]
+    assert record["answers"][1]["warnings"][0].startswith("does nothing")
+    executed = nbformat.read(next((tmp_path / "out").glob("*.ipynb")), as_version=4)
+    text = "\n".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
+    assert "onset in (" in text and "does nothing" in text and "of the grid's images" in text
+    curve_cell = next(c for c in executed.cells if c.cell_type == "code" and "errorbar(" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in curve_cell.outputs)

@@ -9,14 +9,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from zlab.core.request import DEFAULT_LORA_PATH, LoRA, Request
 from zlab.server import synthetic
 from zlab.server.synthetic import ImageCache, bomb_png, encode_png, mark_box, oversized_png_chunks, render, render_png
 
-# One LoRA path per style effect, so every effect is covered (effect_of is stable, so these are too).
-PATHS = {synthetic.effect_of(p): p for p in [DEFAULT_LORA_PATH, *(f"owner/lora-{i}" for i in range(60))]}
+# One LoRA path per style effect, so every effect is covered (effect_of is stable, so these are too);
+# only LoRAs that act, and whose effect is full and not yet overcooked at scale 1.5.
+PATHS = {
+    synthetic.effect_of(p): p
+    for p in [DEFAULT_LORA_PATH, *(f"owner/lora-{i}" for i in range(80))]
+    if (c := synthetic.curve_of(p)).amount(1.0) > 0 and c.burn(1.5) == 0
+}
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -46,13 +51,38 @@ def test_seed_and_prompt_change_the_composition(change: dict) -> None:
 
 
 @pytest.mark.parametrize("effect", sorted(PATHS))
-def test_a_lora_scale_sweep_changes_the_image_progressively(effect: str) -> None:
+def test_a_lora_scale_sweep_follows_the_loras_known_curve(effect: str) -> None:
     path = PATHS[effect]
+    curve = synthetic.curve_of(path)
+    assert curve.onset is not None and curve.saturation is not None
     base = render(req(loras=[LoRA(path, 0.0)]))
     assert diff(base, render(req(loras=[]))) == 0  # scale 0 is no LoRA at all
-    distances = [diff(base, render(req(loras=[LoRA(path, s)]))) for s in (0.3, 0.6, 1.0, 1.5, 4.0)]
+    assert diff(base, render(req(loras=[LoRA(path, curve.onset - 0.01)]))) == 0  # nothing before the onset
+    ramp = np.linspace(curve.onset + 0.05, curve.saturation, 4)
+    distances = [diff(base, render(req(loras=[LoRA(path, float(s))]))) for s in ramp]
     assert distances == sorted(distances) and len(set(distances)) == len(distances), distances
-    assert distances[0] > 1.0 and distances[-1] > 10, distances  # visible from the low end of a sweep
+    assert distances[-1] > 10, distances
+    # On the ramp the pixel distance grows in proportion to the amount (up to 8-bit rounding) ...
+    per_amount = [d / curve.amount(float(s)) for d, s in zip(distances, ramp, strict=True)]
+    assert max(per_amount) - min(per_amount) < 0.1 * max(per_amount), per_amount
+    # ... and past the saturation (before any overcook) it stops growing.
+    plateau = diff(base, render(req(loras=[LoRA(path, curve.saturation + 0.2)])))
+    assert plateau == pytest.approx(distances[-1], abs=0.05)
+
+
+def test_some_loras_do_nothing_and_some_overcook() -> None:
+    curves = {p: synthetic.curve_of(p) for p in (f"owner/lora-{i}" for i in range(80))}
+    inert = next(p for p, c in curves.items() if c.inert)
+    assert diff(render(req(loras=[])), render(req(loras=[LoRA(inert, 2.0)]))) == 0
+    path, curve = next((p, c) for p, c in curves.items() if c.overcook is not None and c.overcook < 1.9)
+    assert curve.overcook is not None and curve.saturation is not None and curve.overcook > curve.saturation
+
+    def detail(image: Image.Image) -> float:  # what a 3×3 box blur takes away: falls when the image blurs
+        grey = image.convert("L")
+        return float(np.abs(pixels(grey) - pixels(grey.filter(ImageFilter.BoxBlur(1)))).mean())
+
+    cooked = [detail(render(req(loras=[LoRA(path, curve.overcook + d)]))) for d in (-0.05, 0.0, 0.1, 0.3)]
+    assert cooked[0] == cooked[1] and cooked[1] > 1.2 * cooked[2] > 1.2 * cooked[3], cooked
 
 
 def test_each_lora_path_has_its_own_style() -> None:

@@ -25,6 +25,8 @@ _LAZY = {
     "Generation": "zlab.api.jobs",
     "Job": "zlab.api.jobs",
     "Sweep": "zlab.runs.sweep",
+    "ScaleSpec": "zlab.strength.driver",
+    "Thresholds": "zlab.strength.definitions",
     "RunResult": "zlab.runs.result",
     "LocalServer": "zlab.server",
     "Faults": "zlab.server",
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from zlab.runs.sweep import Sweep
     from zlab.server import Faults, LocalServer
     from zlab.sheet import ContactSheet, StrengthCurve, contact_sheet, read_sheet, strength_curve
+    from zlab.strength.definitions import Thresholds
+    from zlab.strength.driver import ScaleSpec
     from zlab.views.display import thumbnail_table
     from zlab.views.widgets import Gallery, SweepBuilder
 

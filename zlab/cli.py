@@ -1,4 +1,4 @@
-"""The `zlab` command: run, sheet, report, serve, generate.
+"""The `zlab` command: run, sheet, report, serve, generate, find-scale.
 
 Exit codes: 0 success; 1 some cells failed (results are still written) or the work failed;
 2 bad input (nothing was sent); 3 the token was refused; 4 the balance ran out (3 and 4: sending
@@ -150,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cold-jobs", type=int, help="how many jobs start cold (default: the first wave)")
     serve.add_argument("--seed", type=int, default=0, help="seed for the queue regime's draws")
 
+    find = commands.add_parser("find-scale", help="find each LoRA's onset, saturation and overcook with few images")
+    find.add_argument("spec", help="the find-scale file (YAML; see zlab.strength.driver)")
+    find.add_argument("--out", help="run directory (default: runs/<spec name>); rerunning into it resumes")
+    find.add_argument("--budget", type=_usd, help="stop before the images would cost more than this many USD")
+
     generate = commands.add_parser("generate", help="generate one image to a file")
     generate.add_argument("prompt")
     generate.add_argument(
@@ -205,6 +210,26 @@ def _run(args: argparse.Namespace) -> int:
                 on_interrupt="return",
             )
         return 0 if args.dry_run else result.exit_code
+
+    return _run_interruptible(main)
+
+
+def _find_scale(args: argparse.Namespace) -> int:
+    from zlab.client import AsyncClient
+    from zlab.strength.driver import ScaleSpec
+
+    spec = ScaleSpec.from_file(args.spec)
+    out = Path(args.out or Path("runs") / Path(args.spec).stem)
+    if out.exists() and not out.is_dir():
+        raise errors.ValidationError("--out", str(out), "a directory (this is a file)")
+
+    async def main() -> int:
+        async with AsyncClient() as client:
+            found = await client.find_scale(
+                spec, out, budget=args.budget, echo=lambda line: print(line, file=sys.stderr)
+            )
+        print(found)
+        return 1 if any(a.unfinished for a in found.answers) else 0  # 1: rerun to finish
 
     return _run_interruptible(main)
 
@@ -375,7 +400,14 @@ def _check_out_file(out: Path) -> Path:
     return out
 
 
-COMMANDS = {"run": _run, "sheet": _sheet, "report": _report, "serve": _serve, "generate": _generate}
+COMMANDS = {
+    "run": _run,
+    "sheet": _sheet,
+    "report": _report,
+    "serve": _serve,
+    "generate": _generate,
+    "find-scale": _find_scale,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

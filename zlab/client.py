@@ -202,6 +202,16 @@ class AsyncClient:
             await asyncio.to_thread(_draw_sheet, result, sweep.sheet, options.get("echo") or _say)
         return result
 
+    async def find_scale(self, spec: Any, out: str | Path, **options: Any) -> Any:
+        """Find each LoRA's onset, saturation and overcook with few images (see `zlab.strength.driver`).
+
+        `spec` is a `ScaleSpec`, a mapping of its file keys, or a YAML file path; options: budget, concurrency."""
+        from zlab.strength.driver import ScaleSpec, find_scale
+
+        if not isinstance(spec, ScaleSpec):
+            spec = ScaleSpec.from_dict(spec) if isinstance(spec, dict) else ScaleSpec.from_file(spec)
+        return await find_scale(self, spec, out, **options)
+
     async def aclose(self) -> None:
         """Close the HTTP clients and stop the built-in server if this client started it."""
         await self.api.aclose()
@@ -293,6 +303,10 @@ class Client:
         if quiet:
             options.setdefault("on_interrupt", "return")
         return _loop.run_sync(self.aclient.run(sweep, out, **options), result_on_interrupt=quiet)
+
+    def find_scale(self, spec: Any, out: str | Path, **options: Any) -> Any:
+        """Find each LoRA's onset, saturation and overcook (see `AsyncClient.find_scale`); resumable in `out`."""
+        return _loop.run_sync(self.aclient.find_scale(spec, out, **options))
 
     def close(self) -> None:
         """Close the client (and the built-in server it started, if any)."""

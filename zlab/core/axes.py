@@ -5,6 +5,10 @@ written as a list, a scalar, or a range string:
 
     "0-1.5 [4]"    four evenly spaced values, both ends included  → 0, 0.5, 1, 1.5
     "0-1 (+0.25)"  from 0 in steps of 0.25, the end included when a step lands on it
+
+`prompt_sr` (and `prompt_sr2`, `prompt_sr3`, … for several at once) is a search/replace over the prompt,
+as in A1111's X/Y/Z plot: its first value is the text searched for (and its own cell keeps the prompt as
+written), every other value replaces it, e.g. `prompt_sr: [TRIGGER, t3chnic4lly, ""]`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from zlab.core.request import (
 from zlab.errors import ValidationError
 
 LORA_AXIS = re.compile(r"^lora([1-9])_(scale|path)$")
+SR_AXIS = re.compile(r"^prompt_sr([2-9]?)$")
 AXIS_NAMES = (
     "prompt",
     "seed",
@@ -34,6 +39,7 @@ AXIS_NAMES = (
     "width",
     "height",
     *(f"lora{i}_{part}" for i in range(1, MAX_LORAS + 1) for part in ("scale", "path")),
+    "prompt_sr",
 )
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _RANGE = re.compile(
@@ -47,7 +53,7 @@ RANGE_SYNTAX = 'a list, a number, "a-b [n]" (n evenly spaced) or "a-b (+s)" (ste
 
 def check_axis_name(name: Any, lora_count: int) -> None:
     """Known axis, and for `loraN_*` a LoRA the base request actually has."""
-    if not isinstance(name, str) or (name not in AXIS_NAMES and not LORA_AXIS.match(name)):
+    if not isinstance(name, str) or (name not in AXIS_NAMES and not LORA_AXIS.match(name) and not SR_AXIS.match(name)):
         close = difflib.get_close_matches(str(name), AXIS_NAMES, n=1)
         hint = f"did you mean {close[0]!r}?" if close else ""
         raise ValidationError("axes", name, "one of " + ", ".join(AXIS_NAMES), hint)
@@ -119,6 +125,8 @@ def axis_values(name: str, raw: Any) -> list[Any]:
     if not values:
         raise ValidationError(name, raw, "at least one value")
     checked = [check_value(name, v) for v in values]
+    if SR_AXIS.match(name) and not checked[0].strip():
+        raise ValidationError(name, checked[0], "a first value to search the prompt for (not empty)")
     seen: set[Any] = set()
     for value in checked:
         if value in seen and not (name == "seed" and value == -1):
@@ -144,4 +152,44 @@ def check_value(name: str, value: Any) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise ValidationError(name, value, "a non-empty string")
         return value
+    if SR_AXIS.match(name):
+        if not isinstance(value, str):
+            raise ValidationError(name, value, "a string (the first is searched for, the others replace it)")
+        return value
     raise ValidationError("axes", name, "one of " + ", ".join(AXIS_NAMES))
+
+
+_SEPARATORS = "-_. /"
+
+
+def path_labels(paths: list[str]) -> list[str]:
+    """Short, distinct labels for LoRA paths, e.g. training checkpoints: the file names without extension
+    and without what they all share (cut at a separator), so `me/style-e10.safetensors`,
+    `me/style-e20.safetensors` read `e10`, `e20`. Falls back to the file names, then to the paths.
+
+    >>> path_labels(["me/style-e10.safetensors", "me/style-e20.safetensors"])
+    ['e10', 'e20']
+    >>> path_labels(["owner/a", "owner/b", "other/a"])
+    ['owner/a', 'owner/b', 'other/a']
+    """
+    names = [re.sub(r"\.(safetensors|ckpt|pt|bin)$", "", p.rstrip("/").rsplit("/", 1)[-1]) for p in paths]
+    if len(set(names)) != len(names):
+        return list(paths)
+    if len(names) < 2:
+        return names
+    head = len(_common(names))
+    while head and names[0][head - 1] not in _SEPARATORS:
+        head -= 1
+    tail = len(_common([n[head:][::-1] for n in names]))
+    while tail and names[0][len(names[0]) - tail] not in _SEPARATORS:
+        tail -= 1
+    short = [n[head : len(n) - tail].strip(_SEPARATORS) for n in names]
+    return short if all(short) and len(set(short)) == len(short) else names
+
+
+def _common(texts: list[str]) -> str:
+    first, last = min(texts), max(texts)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]

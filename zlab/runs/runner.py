@@ -162,7 +162,7 @@ async def run_sweep(
         finally:
             state.progress.close()
         final = [r for r in ledger.rows() if r["key"] in keys]  # this sweep's cells only
-        df = results_frame(final, extra_columns=list(sweep.axes))
+        df = results_frame(final, extra_columns=[*sweep.axes, *sweep.derived_columns])
         df.attrs["run_dir"] = str(run.root)
         try:
             run.write_results(df)

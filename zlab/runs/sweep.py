@@ -5,7 +5,9 @@
 12
 
 Sweep files are YAML with the base request's fields plus `axes:` (and optionally `zip:` for axes
-that vary together, and `sheet:` for the contact sheet drawn after a run). A seed of -1 is resolved
+that vary together, `sheet:` for the contact sheet drawn after a run, and `baseline: true` to add
+the no-LoRA image for every prompt/seed/size: the cells where every LoRA scale is 0 already are one,
+so none is added there; the result column `baseline` marks them). A seed of -1 is resolved
 to a concrete random seed before anything is sent; the draws are recorded in the run directory, so
 rerunning the same file into the same directory resumes with the same seeds.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from zlab.core.axes import axis_values, check_axis_name, parse_size
+from zlab.core.axes import SR_AXIS, axis_values, check_axis_name, parse_size, path_labels
 from zlab.core.config import DEFAULT_PRICE_PER_MP
 from zlab.errors import ValidationError
 from zlab.core.pricing import Pricing
@@ -32,7 +34,7 @@ from zlab.core.table import request_row
 from zlab.core.request import MAX_LORAS, MODEL_ID, SEED_RANGE, LoRA, Request
 
 MAX_CELLS = 100_000  # a sweep beyond this is almost surely a typo in an axis; max_cells=… allows more
-FILE_KEYS = ("prompt", "loras", "width", "height", "seed", "axes", "zip", "sheet", "name")
+FILE_KEYS = ("prompt", "loras", "width", "height", "seed", "axes", "zip", "sheet", "name", "baseline")
 SECONDS_PER_IMAGE = 4.0  # a working guess for RunComfy (cold starts aside); plans say it is a guess
 
 
@@ -43,6 +45,7 @@ class Cell:
     index: int
     request: Request
     values: Mapping[str, Any]
+    derived: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `baseline`, `loraN_label`
 
     @property
     def key(self) -> str:
@@ -50,7 +53,7 @@ class Cell:
 
     def row(self) -> dict[str, Any]:
         """The cell as result columns: every request parameter plus each axis value."""
-        return request_row(self.request, self.values)
+        return {**request_row(self.request, self.values), **self.derived}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Sweep:
         name: str | None = None,
         seed_draws: Sequence[int] | None = None,
         max_cells: int = MAX_CELLS,
+        baseline: bool = False,
     ) -> None:
         if not isinstance(base, Request):
             raise ValidationError("base", base, "a zlab.Request")
@@ -102,7 +106,13 @@ class Sweep:
             raise ValidationError(
                 "axes", f"{count:,} cells", f"at most {max_cells:,} cells", "Shrink the axes, or pass max_cells=…"
             )
+        if not isinstance(baseline, bool):
+            raise ValidationError("baseline", baseline, "true or false")
+        self.baseline = baseline
+        self._check_search_replace()
         self._raw: dict[str, Any] = {"base": base.to_input(), "axes": raw_axes, "zip": [list(g) for g in self.zip]}
+        if baseline:  # only then: sweeps written before the option keep their fingerprint
+            self._raw["baseline"] = True
         self.seed_draws = self._draw_seeds(seed_draws)
         self._cells: list[Cell] | None = None
 
@@ -121,7 +131,14 @@ class Sweep:
         axes = spec.get("axes") or {}
         if not isinstance(axes, Mapping):
             raise ValidationError("axes", axes, "a mapping of axis name to values")
-        return cls(base, axes, zipped=spec.get("zip") or (), sheet=spec.get("sheet"), name=spec.get("name"))
+        return cls(
+            base,
+            axes,
+            zipped=spec.get("zip") or (),
+            sheet=spec.get("sheet"),
+            name=spec.get("name"),
+            baseline=spec.get("baseline", False),
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> Sweep:
@@ -160,6 +177,7 @@ class Sweep:
             name=self.name,
             seed_draws=draws,
             max_cells=self.max_cells,
+            baseline=self.baseline,
         )
 
     def _random_slots(self) -> int:
@@ -199,12 +217,36 @@ class Sweep:
         base = self.base.replace(seed=self.seed_draws[0]) if "seed" not in axes and self.base.seed == -1 else self.base
         groups = self._groups()
         choices = [[{a: axes[a][i] for a in g} for i in range(len(axes[g[0]]))] for g in groups]
+        terms = {axis: values[0] for axis, values in self.axes.items() if SR_AXIS.match(axis)}
+        labels = {
+            f"{axis[:-5]}_label": dict(zip(values, path_labels(values), strict=True))
+            for axis, values in self.axes.items()
+            if axis.startswith("lora") and axis.endswith("_path")
+        }
         cells = []
         for index, combo in enumerate(itertools.product(*choices)):
             values: dict[str, Any] = {k: v for part in combo for k, v in part.items()}
-            cells.append(Cell(index, apply_values(base, values), values))
+            derived = {column: names[values[column[:-6] + "_path"]] for column, names in labels.items()}
+            cells.append(Cell(index, apply_values(base, values, terms), values, derived))
+        if self.baseline:
+            cells = _with_baseline(cells)
         self._cells = cells
         return cells
+
+    @property
+    def derived_columns(self) -> list[str]:
+        """Result columns computed from the axes: `baseline` (with the option), `loraN_label` for path axes."""
+        labels = [f"{a[:-5]}_label" for a in self.axes if a.startswith("lora") and a.endswith("_path")]
+        return [*(["baseline"] if self.baseline else []), *labels]
+
+    def _check_search_replace(self) -> None:
+        """Each S/R axis's search text must be in every prompt it applies to, or the axis would do nothing."""
+        prompts = self.axes.get("prompt", [self.base.prompt])
+        for axis, values in self.axes.items():
+            if SR_AXIS.match(axis):
+                missing = next((p for p in prompts if values[0] not in p), None)
+                if missing is not None:
+                    raise ValidationError(axis, values[0], f"text found in the prompt (not in {missing!r})")
 
     def estimate(
         self,
@@ -248,11 +290,14 @@ class Sweep:
         return f"<Sweep {self.name or ''} {axes} = {len(self)} cells>".replace("  ", " ")
 
 
-def apply_values(base: Request, values: Mapping[str, Any]) -> Request:
-    """The base request with axis values applied (`size` sets width and height together)."""
+def apply_values(base: Request, values: Mapping[str, Any], terms: Mapping[str, str] | None = None) -> Request:
+    """The base request with axis values applied (`size` sets width and height together); `terms` gives
+    each search/replace axis's search text, replaced in the prompt after any `prompt` axis."""
     changes: dict[str, Any] = {}
     loras = list(base.loras)
     for axis, value in values.items():
+        if SR_AXIS.match(axis):
+            continue
         if axis == "size":
             changes["width"], changes["height"] = parse_size(axis, value)
         elif axis.startswith("lora"):
@@ -261,7 +306,33 @@ def apply_values(base: Request, values: Mapping[str, Any]) -> Request:
             loras[index] = LoRA(value, lora.scale) if part == "path" else LoRA(lora.path, value)
         else:
             changes[axis] = value
+    prompt = changes.get("prompt", base.prompt)
+    for axis, search in (terms or {}).items():
+        prompt = prompt.replace(search, values[axis])
+    if prompt != base.prompt:
+        changes["prompt"] = prompt
     return base.replace(loras=tuple(loras), **changes)
+
+
+def _with_baseline(cells: list[Cell]) -> list[Cell]:
+    """`cells` plus one no-LoRA cell per (prompt, seed, size), unless a cell there has every scale at 0
+    (it is the same image); every cell says whether it is a baseline. An added cell keeps the axis values
+    that do not concern LoRAs (prompt, search/replace, seed, size), so it sorts beside its group."""
+    groups: dict[tuple[str, int, int, int], tuple[bool, Cell]] = {}
+    marked = []
+    for cell in cells:
+        req = cell.request
+        group = (req.prompt, req.seed, req.width, req.height)
+        zero = not req.loras or all(lora.scale == 0 for lora in req.loras)
+        covered, first = groups.get(group, (False, cell))
+        groups[group] = (covered or zero, first)
+        marked.append(dataclasses.replace(cell, derived={**cell.derived, "baseline": zero}))
+    for (prompt, seed, width, height), (covered, first) in groups.items():
+        if not covered:
+            request = Request(prompt, loras=(), width=width, height=height, seed=seed)
+            values = {k: v for k, v in first.values.items() if not k.startswith("lora")}
+            marked.append(Cell(len(marked), request, values, {"baseline": True}))
+    return marked
 
 
 SHEET_KEYS = ("x", "y", "page", "cell_width", "stack", "title")

@@ -2,9 +2,13 @@
 
 An image depends only on (prompt, seed, loras, size): the prompt and seed choose the composition
 (a gradient and a handful of shapes, placed in relative coordinates so a size sweep shows the same
-scene), and each LoRA applies a style effect chosen by its path whose strength grows with its scale,
-so a scale sweep reads as one. Every image carries a small "synthetic" mark in its bottom-right
-corner and a `zlab-backend: synthetic` PNG text chunk, so it is never mistaken for a real render.
+scene), and each LoRA applies a style effect chosen by its path, blended in along that LoRA's own
+known strength curve (`curve_of`): nothing below its onset, a linear rise to full effect at its
+saturation, a plateau, and for some LoRAs an overcook past which the image loses its detail; one
+path in eight is a LoRA that does nothing at any scale. `curve_of` is the ground truth that tests and
+`benchmarks/bench_find_scale.py` check `zlab.strength` against. Every image carries a small
+"synthetic" mark in its bottom-right corner and a `zlab-backend: synthetic` PNG text chunk, so it
+is never mistaken for a real render.
 
 >>> from zlab.core.request import DEFAULT_LORA_PATH, Request
 >>> img = render(Request("a red fox", seed=1, width=256, height=320))
@@ -28,9 +32,10 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from zlab.core.request import DEFAULT_LORA_PATH, Request
 
@@ -46,8 +51,70 @@ def _rng(*parts: object) -> np.random.Generator:
 
 
 def strength(scale: float) -> float:
-    """How much of a LoRA's effect shows at `scale`: 0 at 0, rising steeply through the usual 0.3–1.2."""
+    """A generic saturating response (0 at 0, rising steeply through 0.3–1.2); `render` now follows
+    each LoRA's own `curve_of(path)` instead, and this stays for callers that used it."""
     return 1.0 - math.exp(-0.9 * max(scale, 0.0))
+
+
+@dataclass(frozen=True)
+class LoraCurve:
+    """How a synthetic LoRA responds to its scale: the truth `zlab.strength` is measured against.
+
+    - `amount(scale)`: the share of the LoRA's style blended in: 0 up to `onset`, rising linearly to
+      1 at `saturation`, 1 beyond (a pixel distance to the no-LoRA image therefore grows linearly on
+      the ramp and stops growing at `saturation`);
+    - `burn(scale)`: how far past `overcook` the scale is (0 before it); `render` blurs the image by
+      `burn × short side / 16` pixels, so detail (a quality measure) drops from `overcook` on.
+
+    `onset` and `saturation` are None for a LoRA that does nothing (`inert`); `overcook` is None for
+    a LoRA that never overcooks.
+    """
+
+    onset: float | None
+    saturation: float | None
+    overcook: float | None
+
+    @property
+    def inert(self) -> bool:
+        """True for a LoRA that changes nothing at any scale (as a LoRA whose keys failed to load)."""
+        return self.onset is None
+
+    def amount(self, scale: float) -> float:
+        """The share of the style shown at `scale`, in [0, 1]."""
+        if self.onset is None or self.saturation is None or scale <= self.onset:
+            return 0.0
+        return min(1.0, (scale - self.onset) / (self.saturation - self.onset))
+
+    def burn(self, scale: float) -> float:
+        """How far `scale` is past the overcook point (0 when it is not, or never overcooks)."""
+        return 0.0 if self.overcook is None else max(0.0, scale - self.overcook)
+
+
+# The schema's default LoRA ("Technically Color") behaves as such LoRAs are used: acting from about
+# 0.1, full by 1.2 and overcooked from 1.6.
+_DEFAULT_CURVE = LoraCurve(onset=0.1, saturation=1.2, overcook=1.6)
+
+
+def curve_of(path: str) -> LoraCurve:
+    """The known strength curve of the LoRA at `path` (stable across runs and machines).
+
+    From a hash of the path: one path in eight is inert; otherwise the onset lies in [0.05, 0.8], the
+    saturation 0.3–1.1 above it, and half the LoRAs overcook 0.3–0.8 above their saturation (some
+    beyond 2, outside the usual range). Values are rounded to 0.01 so they read well in docs and tests.
+
+    >>> curve_of("owner/lora-1")
+    LoraCurve(onset=0.33, saturation=1.27, overcook=1.86)
+    """
+    if path == DEFAULT_LORA_PATH:
+        return _DEFAULT_CURVE
+    digest = hashlib.sha256(("curve\x00" + path).encode()).digest()
+    if digest[0] % 8 == 0:
+        return LoraCurve(None, None, None)
+    u = [b / 255 for b in digest[1:4]]
+    onset = round(0.05 + 0.75 * u[0], 2)
+    saturation = round(onset + 0.3 + 0.8 * u[1], 2)
+    overcook = round(saturation + 0.3 + 0.5 * u[2], 2) if digest[4] % 2 else None
+    return LoraCurve(onset, saturation, overcook)
 
 
 def effect_of(path: str) -> str:
@@ -92,7 +159,7 @@ def _hue_matrix(degrees: float) -> tuple[float, ...]:
 
 
 def _full_effect(image: Image.Image, path: str) -> Image.Image:
-    """The LoRA's effect at full strength; `render` blends it in by `strength(scale)`.
+    """The LoRA's effect at full strength; `render` blends it in by `curve_of(path).amount(scale)`.
 
     Pillow's C operations (lookup tables, colour matrices, blends) keep this to a few milliseconds.
     """
@@ -114,9 +181,11 @@ def _full_effect(image: Image.Image, path: str) -> Image.Image:
         mask = Image.fromarray(np.ascontiguousarray(bands), "L")
         return Image.composite(image.point([v * 3 // 10 for v in range(256)] * 3), image, mask)
     if name == "duotone":
-        dark, light = (tuple(int(c) for c in rng.integers(0, 256, size=3)) for _ in range(2))
+        # A dark and a light tone, so the image keeps its contrast (and its detail) under the style.
+        dark, light = (tuple(int(c) for c in rng.integers(lo, lo + 56, size=3)) for lo in (0, 200))
         return ImageOps.colorize(image.convert("L"), dark, light)
-    return ImageOps.solarize(image, 128)
+    # Only the brightest tones invert: blending a full inversion in would cancel edges half-way up the ramp.
+    return ImageOps.solarize(image, 192)
 
 
 def mark_box(width: int, height: int) -> tuple[int, int, int, int]:
@@ -137,15 +206,19 @@ def _stamp(image: Image.Image) -> None:
 def render(request: Request) -> Image.Image:
     """The synthetic image for `request`: exactly width×height RGB, deterministic from its fields.
 
-    LoRAs apply in order; each blends its effect in by `strength(scale)`, so scale 0 leaves the
-    image untouched and the difference from it grows with the scale. A seed of -1 is rendered as
-    given (the server resolves it to a concrete seed before rendering).
+    LoRAs apply in order; each blends its effect in by its curve's `amount(scale)`, so scale 0 (and
+    any scale below the onset) leaves the image untouched, and past an overcook point the image is
+    blurred by the curve's `burn`. A seed of -1 is rendered as given (the server resolves it to a
+    concrete seed before rendering).
     """
     image = _compose(request.prompt, request.seed, request.width, request.height)
     for lora in request.loras:
-        amount = strength(lora.scale)
+        curve = curve_of(lora.path)
+        amount, burn = curve.amount(lora.scale), curve.burn(lora.scale)
         if amount > 0:
             image = Image.blend(image, _full_effect(image, lora.path), amount)
+        if burn > 0:
+            image = image.filter(ImageFilter.GaussianBlur(burn * min(image.size) / 16))
     _stamp(image)
     return image
 
