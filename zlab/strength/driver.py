@@ -3,9 +3,9 @@
 Each round asks `next_scale` for every LoRA still searching and renders those scales (over the spec's
 seeds) as one sweep through the runner (`run_sweep`, as `AsyncClient.run` does), into the same run
 directory: its ledger makes a rerun resume (decisions are deterministic, so a rerun asks for the same
-cells and pays for none of them again). The no-LoRA baseline is rendered first, once per seed, and shared by every LoRA. Before each
-round the cost of its cells is added to what the search has used; a round that would pass `budget`
-is not sent, and the search ends with the brackets it has.
+cells and pays for none of them again). The no-LoRA baseline is rendered first, once per seed, and
+shared by every LoRA. Before each round the cost of its cells is added to what the search has used; a
+round that would pass `budget` is not sent, and the search ends with the brackets it has.
 
 Spec (a YAML file for `zlab find-scale`, or a mapping)::
 
