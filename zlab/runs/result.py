@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from zlab.core.runplan import Stop
 from zlab.runs.sweep import Estimate
+from zlab.runs.tables import PICKS_FILE, with_picks
 
 EXIT_CODES = {"token": 3, "balance": 4}
 _STOP_WORDS = {
@@ -19,9 +22,14 @@ _STOP_WORDS = {
 
 @dataclasses.dataclass
 class RunResult:
-    """What a run left behind: the results DataFrame (also in `out/results.parquet`) and its tallies."""
+    """What a run left behind: the sweep's results (its view of `out/results.parquet`, which holds every
+    cell the directory has) and its tallies.
 
-    df: pd.DataFrame
+    `df` is `frame` with the gallery's picks as `favourite` and `rating` columns, read from ``out/picks.json``
+    when you look: a star made after the run ended shows up in ``res.df``.
+    """
+
+    frame: pd.DataFrame  # the sweep's rows as the run left them (no picks)
     out: Path
     counts: dict[str, int]
     elapsed_s: float
@@ -31,6 +39,25 @@ class RunResult:
     stopped: Stop | None = None  # why sending stopped early, if it did
     reasons: str = ""  # failures grouped by reason, e.g. "2 failed: token refused (403) ×2"
     notes: tuple[str, ...] = ()  # jobs held at another API, orphans collected, …
+    _picked: tuple[Any, pd.DataFrame] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """The sweep's results with `favourite` and `rating` as picks.json says now. The same object is
+        returned until picks.json changes, so columns you add to it stay until then."""
+        try:
+            stat = os.stat(Path(self.out) / PICKS_FILE)
+            stamp: Any = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except OSError:
+            stamp = None
+        # A dry run's plan has no images to pick from: it stays as planned.
+        if self._picked is None or self._picked[0] != stamp:
+            self._picked = (stamp, with_picks(self.frame, self.out) if "image_path" in self.frame else self.frame)
+        return self._picked[1]
+
+    @df.setter
+    def df(self, value: pd.DataFrame) -> None:
+        self.frame, self._picked = value, None
 
     @property
     def ok(self) -> bool:

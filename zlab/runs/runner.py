@@ -32,8 +32,7 @@ from zlab.core.config import cache_root
 from zlab.core.polling import Track
 from zlab.core.pricing import final_cost
 from zlab.runs.progress import Progress
-from zlab.core.table import request_from_row
-from zlab.runs.tables import with_picks
+from zlab.core.table import RESULT_COLUMNS, request_from_row
 from zlab.core.runplan import Action, CellView, Next, Stop
 from zlab.runs.result import RunResult
 from zlab.runs.ledger import Cache, RunDir, now_iso, results_frame
@@ -161,14 +160,14 @@ async def run_sweep(
             await state.stop(say)
         finally:
             state.progress.close()
-        final = [r for r in ledger.rows() if r["key"] in keys]  # this sweep's cells only
+        every = ledger.rows()
+        final = [r for r in every if r["key"] in keys]  # this sweep's cells: its view of the directory
         df = results_frame(final, extra_columns=list(sweep.axes))
         df.attrs["run_dir"] = str(run.root)
-        try:
-            run.write_results(df)
+        try:  # results.parquet holds every cell the ledger has (other sweeps', reruns'): it never shrinks
+            run.write_results(results_frame(every, extra_columns=_axes_of(sweep, every)))
         except OSError as exc:
             say(f"zlab: could not write {run.results}: {exc}; the ledger keeps every result, rerun to write it")
-        df = with_picks(df, run.root)  # favourites and ratings from the gallery, as columns
         counts = dict(collections.Counter(df["status"]))
         calls = dict(collections.Counter(client.api.calls) - calls_before)
         notes = _notes(rows, keys, client.identity, collectable, actions)
@@ -197,6 +196,12 @@ def _seeded(run: RunDir, sweep: Sweep) -> Sweep:
     draws = [*stored[:needed], *sweep.seed_draws[len(stored) : needed]]
     run.ledger.keep_seeds(draws)
     return sweep.with_seed_draws(draws) if draws != list(sweep.seed_draws) else sweep
+
+
+def _axes_of(sweep: Sweep, rows: list[dict[str, Any]]) -> list[str]:
+    """This sweep's axes, then any other column an earlier sweep in the directory recorded (e.g. `size`)."""
+    recorded = (name for row in rows for name in json.loads(row["params"]) if name not in RESULT_COLUMNS)
+    return list(dict.fromkeys([*sweep.axes, *recorded]))
 
 
 def _view(run: RunDir, row: dict[str, Any], cache: Cache | None) -> CellView:
