@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -139,9 +139,11 @@ def decode_image(data: bytes, *, url: str | None = None) -> Image.Image:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: readers see all or nothing."""
+    """Write to a temporary file beside `path`, fsync, then rename: readers see all or nothing.
+    The file gets the mode any new file gets here (0644 under the usual umask), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -39,6 +39,10 @@ class RunResult:
     stopped: Stop | None = None  # why sending stopped early, if it did
     reasons: str = ""  # failures grouped by reason, e.g. "2 failed: token refused (403) ×2"
     notes: tuple[str, ...] = ()  # jobs held at another API, orphans collected, …
+    paid_usd: float = 0.0  # what this run's new images cost (the service's figure, else the price)
+    paid_images: int = 0  # images generated (and paid for) in this run: not reused, not from the cache
+    paid_source: str = ""  # "service" (the service said), "estimate" (the price), or "mixed"
+    directory_paid_usd: float | None = None  # every image the run directory holds, by the same rule
     _picked: tuple[Any, pd.DataFrame] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -61,7 +65,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and self.counts.get("succeeded", 0) == len(self.df)
+        return not self.interrupted and self.counts.get("succeeded", 0) == len(self.frame)
 
     @property
     def exit_code(self) -> int:
@@ -77,8 +81,8 @@ class RunResult:
         calls = sum(self.calls.values())
         stop = " (interrupted: rerun to resume)" if self.interrupted else ""
         lines = [
-            f"zlab: {len(self.df)} cells: {tallies} in {self.elapsed_s:.1f} s, {calls} API calls, "
-            f"≈${self.estimate.cost_usd:.2f} estimated; results in {self.out}{stop}"
+            f"zlab: {len(self.frame)} cells: {tallies} in {self.elapsed_s:.1f} s, {calls} API calls, "
+            f"{self.paid()}; results in {self.out}{stop}"
         ]
         if self.reasons:
             lines.append(f"zlab: {self.reasons}")
@@ -100,6 +104,21 @@ class RunResult:
             )
         lines.extend(f"zlab: {note}" for note in self.notes)
         return "\n".join(lines)
+
+    def paid(self) -> str:
+        """What was paid, apart from the plan's estimate: 'paid $0.12 for 12 new images (the service's cost),
+        ≈$0.18 estimated; $0.40 in the directory'. A stopped or interrupted run paid less than it planned."""
+        source = {
+            "service": "the service's cost",
+            "estimate": "at the price",
+            "mixed": "the service's cost or the price",
+        }
+        how = f" ({source[self.paid_source]})" if self.paid_images and self.paid_source in source else ""
+        plural = "" if self.paid_images == 1 else "s"
+        text = f"paid ${self.paid_usd:.2f} for {self.paid_images} new image{plural}{how}, ≈${self.estimate.cost_usd:.2f} estimated"
+        if self.directory_paid_usd is not None and abs(self.directory_paid_usd - self.paid_usd) > 1e-9:
+            text += f"; ${self.directory_paid_usd:.2f} in the directory"
+        return text
 
     def __repr__(self) -> str:
         return f"<RunResult {self.summary()}>"

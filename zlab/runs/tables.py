@@ -23,7 +23,7 @@ import pandas as pd
 
 from zlab.api.download import write_atomic
 from zlab.errors import ValidationError
-from zlab.core.table import AXIS_PREFERENCE, axis_rank, sheet_axes, varying_columns
+from zlab.core.table import AXIS_PREFERENCE, RESULT_COLUMNS, axis_rank, sheet_axes, varying_columns
 
 __all__ = [
     "AXIS_PREFERENCE",
@@ -32,6 +32,7 @@ __all__ = [
     "load_results",
     "open_results",
     "read_picks",
+    "recorded_axes",
     "run_dir_of",
     "set_pick",
     "sheet_axes",
@@ -86,6 +87,13 @@ def load_results(source: Any) -> pd.DataFrame:
     """The results table with the gallery's picks merged in (`favourite`, `rating` columns)."""
     df, root = open_results(source)
     return with_picks(df, root)
+
+
+def recorded_axes(axes: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A sweep's `axes`, then every other column the directory's ledger `rows` recorded (another sweep's
+    axes, e.g. `size`): the columns of a table of every cell the directory has."""
+    recorded = (name for row in rows for name in json.loads(row["params"]) if name not in RESULT_COLUMNS)
+    return list(dict.fromkeys([*axes, *recorded]))
 
 
 def write_results(df: pd.DataFrame, run_dir: str | os.PathLike[str]) -> Path:

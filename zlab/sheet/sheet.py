@@ -110,12 +110,13 @@ class ContactSheet:
             out.append(target)
         return out
 
-    def to_html(self, path: str | os.PathLike[str]) -> Path:
+    def to_html(self, path: str | os.PathLike[str], *, portable: bool = False) -> Path:
         """Write one self-contained HTML file: embedded thumbnails, hover for parameters, click for the
-        full image (linked relative to the HTML file)."""
+        full image (linked relative to the HTML file; `portable`: copied into ``<name>_files/`` beside it,
+        so the two move together)."""
         from zlab.sheet.html import write_html
 
-        return write_html(self, path)
+        return write_html(self, path, portable=portable)
 
 
 def _aspects(placed: pd.DataFrame, paths: Sequence[Path | None]) -> list[float]:
@@ -321,9 +322,10 @@ def sheet_from_run_dir(
     page: str | None = None,
     out: str | os.PathLike[str] | None = None,
     html: bool = False,
+    portable: bool = False,
     **kw: Any,
 ) -> list[Path]:
-    """`zlab sheet DIR --x COL [--y COL] [--page COL] [--out FILE] [--html]`: draw DIR/results.parquet.
+    """`zlab sheet DIR --x COL [--y COL] [--page COL] [--out FILE] [--html [--portable]]`: draw DIR/results.parquet.
 
     Writes ``DIR/sheet.png`` by default (``sheet-1.png``, … when it pages) and, with `html`, an HTML
     sheet beside it. Returns the paths written.
@@ -341,10 +343,10 @@ def sheet_from_run_dir(
     sheet = contact_sheet(df, x, y, page, root=run_dir, **kw)
     target = Path(out) if out is not None else run_dir / "sheet.png"
     if target.suffix.lower() == ".html":
-        return [sheet.to_html(target)]
+        return [sheet.to_html(target, portable=portable)]
     written = sheet.save(target)
     if html:
-        written.append(sheet.to_html(target.with_suffix(".html")))
+        written.append(sheet.to_html(target.with_suffix(".html"), portable=portable))
     return written
 
 
