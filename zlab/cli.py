@@ -181,6 +181,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cold-jobs", type=int, help="how many jobs start cold (default: the first wave)")
     serve.add_argument("--seed", type=int, default=0, help="seed for the queue regime's draws")
 
+    export = commands.add_parser("export", help="export a run directory to an experiment tracker")
+    trackers = export.add_subparsers(dest="tracker", required=True, metavar="TRACKER")
+    mlflow = trackers.add_parser("mlflow", help="one MLflow run per run directory (needs zlab[mlflow])")
+    mlflow.add_argument("dir", help="a run directory (with results.parquet)")
+    mlflow.add_argument("--tracking-uri", help="where MLflow keeps runs, e.g. sqlite:///mlflow.db (default: MLflow's)")
+    mlflow.add_argument("--experiment", default="zlab", help="the MLflow experiment (default zlab)")
+    mlflow.add_argument("--run-name", help="the MLflow run's name (default: the directory's name)")
+    mlflow.add_argument("--report", action="append", default=[], metavar="HTML", help="attach a report (repeatable)")
+
     generate = commands.add_parser("generate", help="generate one image to a file")
     generate.add_argument("prompt")
     generate.add_argument(
@@ -327,6 +336,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from zlab.export import to_mlflow
+
+    run_id = to_mlflow(
+        args.dir, tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name,
+        reports=args.report,
+    )  # fmt: skip
+    print(f"zlab export: {args.dir} → MLflow run {run_id} (experiment {args.experiment!r})")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from zlab.server import serve
     from zlab.server.regime import Regime, parse_burst
@@ -383,6 +403,7 @@ def _check_model(model: str | None) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from zlab.api.download import write_image_as
     from zlab.client import Client
     from zlab.core.request import DEFAULT_LORAS, LoRA, Request
 
@@ -394,7 +415,7 @@ def _generate(args: argparse.Namespace) -> int:
         generation = client.generate(request, timeout=args.timeout)
     path = out / f"{_safe_name(generation.request_id)}{generation.suffix}" if out.is_dir() else out
     try:
-        converted = _save_as(generation, path)
+        converted = write_image_as(path, generation.data, generation.image)
     except OSError as exc:
         raise errors.ZlabError(
             f"could not write {path} ({exc.strerror}); the image is paid for: collect it again with "
@@ -407,9 +428,6 @@ def _generate(args: argparse.Namespace) -> int:
         + (f"\nzlab: {generation.note}" if generation.note else "")
     )
     return 0
-
-
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
 def _check_out_file(text: str) -> Path:
@@ -427,7 +445,7 @@ def _check_out_file(text: str) -> Path:
         if not os.access(out, os.W_OK):
             raise errors.ValidationError("--out", text, "a directory you may write")
         return out
-    if out.suffix.lower() not in IMAGE_FORMATS:
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):  # what write_image_as writes
         raise errors.ValidationError(
             "--out", text, "a file ending in .png, .jpg, .jpeg or .webp, or a directory", "nothing was sent"
         )
@@ -437,24 +455,6 @@ def _check_out_file(text: str) -> Path:
     if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise errors.ValidationError("--out", text, "a file you may write")
     return out
-
-
-def _save_as(generation: Any, path: Path) -> bool:
-    """Write the image at `path` in the format its suffix names: the bytes as served when they already are
-    that format, else re-encoded (JPEG at quality 95). True when it was converted."""
-    from zlab.api.download import write_atomic
-
-    wanted = IMAGE_FORMATS[path.suffix.lower()]
-    if wanted == IMAGE_FORMATS.get(generation.suffix, ""):
-        write_atomic(path, generation.data)
-        return False
-    import io
-
-    image = generation.image.convert("RGB") if wanted == "JPEG" else generation.image
-    buffer = io.BytesIO()
-    image.save(buffer, format=wanted, **({"quality": 95} if wanted in ("JPEG", "WEBP") else {}))
-    write_atomic(path, buffer.getvalue())
-    return True
 
 
 def _safe_name(text: str) -> str:
@@ -485,7 +485,9 @@ INTERRUPTED = {  # what Ctrl-C means depends on the command: only a run has some
     "run": "zlab: interrupted; run the same command again to resume",
     "serve": "zlab serve: stopped",
 }
-COMMANDS = {"run": _run, "sheet": _sheet, "report": _report, "serve": _serve, "generate": _generate}
+COMMANDS = {
+    "run": _run, "sheet": _sheet, "report": _report, "serve": _serve, "generate": _generate, "export": _export,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -164,3 +164,22 @@ def image_suffix(data: bytes) -> str:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return ".webp"
     return ".img"
+
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def write_image_as(path: Path, data: bytes, image: Image.Image) -> bool:
+    """Write an output image at `path` in the format its suffix names: the bytes as served when they are
+    that format already, else `image` re-encoded (JPEG and WebP at quality 95). True when converted."""
+    wanted = IMAGE_FORMATS.get(path.suffix.lower())
+    if wanted is None:
+        raise ValueError(f"{path}: not one of {', '.join(IMAGE_FORMATS)}")
+    if wanted == IMAGE_FORMATS.get(image_suffix(data)):
+        write_atomic(path, data)
+        return False
+    buffer = io.BytesIO()
+    picture = image.convert("RGB") if wanted == "JPEG" else image
+    picture.save(buffer, format=wanted, **({"quality": 95} if wanted != "PNG" else {}))
+    write_atomic(path, buffer.getvalue())
+    return True

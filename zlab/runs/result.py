@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,13 @@ class RunResult:
             )
         lines.extend(f"zlab: {note}" for note in self.notes)
         return "\n".join(lines)
+
+    def to_mlflow(self, **options: Any) -> str:
+        """Export the run directory to MLflow (one MLflow run per directory, updated by each export) and
+        return the MLflow run's id; needs ``pip install "zlab[mlflow]"``. Options: `tracking_uri`,
+        `experiment`, `run_name`, `reports` (see `zlab.export.mlflow.to_mlflow`)."""
+        # The exporter sits above the runs layer (it draws sheets too): it is reached by name, at call time.
+        return str(importlib.import_module("zlab.export").to_mlflow(self, **options))
 
     def paid(self) -> str:
         """What was paid, apart from the plan's estimate: 'paid $0.12 for 12 new images (the service's cost),
