@@ -24,7 +24,7 @@ function render({ model, el }) {
     sel: -1, view: "grid", mode: "side", a: -1, b: -1, fit: true,
     thumbURLs: [], full: new Map(), waiting: new Map(), flicker: null, swipe: 50,
     live: true, zoom: 0, // zoom 0: cells sized so every column of the x axis fits the width; else pixels
-    figs: new Map(), shownPicks: {}, unanswered: null, // the grid on screen: cell index → its figure
+    figs: new Map(), byKey: new Map(), shownPicks: {}, unanswered: null, // the grid on screen: cell index → its figure
   };
   const root = h("div", { class: `zg ${model.get("live_class")}`, tabindex: "0", "data-lm-suppress-shortcuts": "true" });
   el.append(root);
@@ -260,6 +260,7 @@ function render({ model, el }) {
     const xs = model.get("x_labels"), ys = model.get("y_labels"), g = page();
     sizeCells();
     S.figs = new Map();
+    S.byKey = new Map(cells().map((c) => [c.key, c.i]));
     const hasY = !!model.get("y");
     const table = h("table", { class: "zg-grid" });
     table.append(h("thead", {}, h("tr", {}, hasY ? h("th") : null, xs.map((x) => h("th", { scope: "col" }, x)))));
@@ -304,16 +305,17 @@ function render({ model, el }) {
   function onPicks() {
     if (!gridShown()) return draw();
     const now = picks(), was = S.shownPicks;
-    for (const [i, fig] of S.figs) {
-      const key = cell(i).key;
-      if (JSON.stringify(now[key] || null) === JSON.stringify(was[key] || null)) continue;
+    for (const key of new Set([...Object.keys(now), ...Object.keys(was)])) { // the picked cells, not all of them
+      const i = S.byKey.get(key), fig = S.figs.get(i);
+      if (!fig || JSON.stringify(now[key] || null) === JSON.stringify(was[key] || null)) continue;
       const old = fig.querySelector(".zg-marks");
       if (old) old.remove();
       const fresh = marks(cell(i));
       if (fresh) fig.append(fresh);
     }
     S.shownPicks = now;
-    drawBar();
+    const exporter = bar.querySelector(".zg-export");
+    if (exporter) exporter.textContent = `export ★ (${Object.values(now).filter((p) => p.favourite).length})`;
     drawSide();
   }
   function fullImage(i, cls) {
