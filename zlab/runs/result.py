@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,8 @@ class RunResult:
     stopped: Stop | None = None  # why sending stopped early, if it did
     reasons: str = ""  # failures grouped by reason, e.g. "2 failed: token refused (403) ×2"
     notes: tuple[str, ...] = ()  # jobs held at another API, orphans collected, …
-    paid_usd: float = 0.0  # what this run's new images cost (the service's figure, else the price)
-    paid_images: int = 0  # images generated (and paid for) in this run: not reused, not from the cache
-    paid_source: str = ""  # "service" (the service said), "estimate" (the price), or "mixed"
+    # (cost, "service" or "estimate") of each image generated (and paid for) in this run: not reused, not cached
+    paid_costs: tuple[tuple[float, str], ...] = ()
     directory_paid_usd: float | None = None  # every image the run directory holds, by the same rule
     _picked: tuple[Any, pd.DataFrame] | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -106,6 +106,21 @@ class RunResult:
         lines.extend(f"zlab: {note}" for note in self.notes)
         return "\n".join(lines)
 
+    @property
+    def paid_usd(self) -> float:
+        """What this run's new images cost: the service's own figure for each, else the price."""
+        return sum(cost for cost, _ in self.paid_costs)
+
+    @property
+    def paid_images(self) -> int:
+        return len(self.paid_costs)
+
+    @property
+    def paid_source(self) -> str:
+        """Where the paid figure came from: "service", "estimate" (the price), "mixed", or "" (nothing paid)."""
+        sources = {source for _, source in self.paid_costs}
+        return sources.pop() if len(sources) == 1 else "mixed" if sources else ""
+
     def to_mlflow(self, **options: Any) -> str:
         """Export the run directory to MLflow (one MLflow run per directory, updated by each export) and
         return the MLflow run's id; needs ``pip install "zlab[mlflow]"``. Options: `tracking_uri`,
@@ -130,3 +145,8 @@ class RunResult:
 
     def __repr__(self) -> str:
         return f"<RunResult {self.summary()}>"
+
+
+def paid_for(rows: Iterable[Mapping[str, Any]]) -> float:
+    """What a run directory's images cost, from its ledger rows: every succeeded cell not copied from the cache."""
+    return sum(row["cost_usd"] or 0.0 for row in rows if row["status"] == "succeeded" and not row.get("cached"))

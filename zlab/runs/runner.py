@@ -36,7 +36,7 @@ from zlab.runs.progress import Progress
 from zlab.core.table import request_from_row
 from zlab.runs.tables import recorded_axes
 from zlab.core.runplan import Action, CellView, Next, Stop
-from zlab.runs.result import RunResult
+from zlab.runs.result import RunResult, paid_for
 from zlab.runs.ledger import Cache, RunDir, now_iso, results_frame
 from zlab.runs.sweep import SECONDS_PER_IMAGE, Cell, Sweep
 
@@ -179,12 +179,9 @@ async def run_sweep(
         calls = dict(collections.Counter(client.api.calls) - calls_before)
         notes = _notes(rows, keys, client.identity, collectable, actions)
         reasons = runplan.tally_reasons((r["status"], r["reason"]) for r in final)
-        sources = {source for _, source in state.paid}
         result = RunResult(
             df, run.root, counts, time.monotonic() - started, estimate, calls, interrupted, state.stopped, reasons,
-            tuple(notes), paid_usd=sum(cost for cost, _ in state.paid), paid_images=len(state.paid),
-            paid_source=sources.pop() if len(sources) == 1 else "mixed" if sources else "",
-            directory_paid_usd=sum(r["cost_usd"] or 0.0 for r in every if r["status"] == "succeeded" and not r["cached"]),
+            tuple(notes), tuple(state.paid), paid_for(every),
         )  # fmt: skip
         say(result.summary())
         if interrupted and on_interrupt == "raise":  # end cancelled, as asyncio expects
