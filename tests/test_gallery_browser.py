@@ -222,6 +222,7 @@ def test_after_a_restart_the_gallery_says_its_kernel_is_gone_and_takes_no_picks(
     picks_before = (root / "run" / "picks.json").read_text()
     stars = page.evaluate("() => document.querySelectorAll('.zg .zg-star').length")
     server.restart_kernel(page)  # the cell is not run again: this widget's kernel is gone
+    page.wait_for_selector(".zg-banner:not(:empty)", timeout=10_000)  # said before anyone clicks
     page.locator(".zg-grid").click(position={"x": 2, "y": 2})
     page.keyboard.press("ArrowRight")
     page.keyboard.press("f")

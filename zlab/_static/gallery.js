@@ -444,6 +444,9 @@ function render({ model, el }) {
   const rethumb = () => { buildThumbs(); S.full.clear(); draw(); };
   const told = () => say(model.get("message"));
   const lost = () => gone(); // the widget manager marks models dead when their kernel restarts or dies
+  // The widget manager marks a dead model's view "disconnected"; look now and then, so the banner shows
+  // without waiting for a click (the model's own event is not always sent).
+  const watch = setInterval(() => { if (el.closest && el.closest(".jupyter-widgets-disconnected")) gone(); }, 1000);
   const resized = new ResizeObserver(() => { if (!S.zoom && gridShown()) sizeCells(); });
   resized.observe(root);
   model.on("change:cells", redraw);
@@ -463,6 +466,7 @@ function render({ model, el }) {
   return () => {
     if (S.flicker) clearInterval(S.flicker);
     resized.disconnect();
+    clearInterval(watch);
     model.off("change:cells", redraw); model.off("change:picks", onPicks); model.off("change:page_index", redraw); model.off("change:cell_width", redraw);
     model.off("change:selected", onSelected); model.off("comm_live_update", lost); model.off("comm:close", lost); model.off("change:thumbs", rethumb); model.off("change:note", redraw);
     model.off("change:message", told); model.off("msg:custom", onCustom);
