@@ -196,7 +196,8 @@ def _log_metrics(client: MlflowClient, run_id: str, df: pd.DataFrame) -> None:
     wanted = {**cell_metrics(df), **{k: [(0, v)] for k, v in summary_metrics(df).items()}}
     metrics = []
     for key, points in wanted.items():
-        latest = {m.step: m.value for m in client.get_metric_history(run_id, key)}  # later entries win
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+        latest = {m.step: m.value for m in history}  # the last value logged at each step
         metrics += [Metric(key, value, now, step) for step, value in points if latest.get(step) != value]
     for i in range(0, len(metrics), _BATCH):
         client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
