@@ -147,6 +147,7 @@ def test_a_missing_model_folder_fails_before_loading(capsys):
     assert "--model" in err and "no folder /nonexistent/zimage" in err and "loading" not in err  # nothing loaded
 
 
+@pytest.mark.slow
 def test_serve_publishes_a_zero_price_and_stops_on_ctrl_c_without_resume_talk(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -209,6 +210,7 @@ AWAITED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_an_awaited_run_ends_on_interrupt_with_its_summary_and_no_traceback(tmp_path):
     from jupyter_client.manager import start_new_kernel
 

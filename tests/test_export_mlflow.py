@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 mlflow = pytest.importorskip("mlflow")
+pytestmark = pytest.mark.slow  # MLflow's SQLite store is created (and migrated) per test: seconds each
 
 from zlab import cli  # noqa: E402
 from zlab.client import Client  # noqa: E402
