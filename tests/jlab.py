@@ -80,6 +80,9 @@ def launch_chromium(playwright: Any, profile: Path, offline: bool = False) -> An
 class JupyterLab:
     """``jupyter lab`` serving `root` on loopback, and one Chromium page on it."""
 
+    app = "jupyterlab"  # the module run with -m
+    path = "lab/tree"  # where a notebook opens
+
     def __init__(self, root: Path, work: Path) -> None:
         self.root, self.work = root, work
         self.port = free_port()
@@ -94,9 +97,10 @@ class JupyterLab:
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
         }
         cmd = [
-            sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
+            sys.executable, "-m", self.app, "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}", "--allow-root",
-            "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=",
+            "--LabApp.expose_app_in_browser=True", "--JupyterNotebookApp.expose_app_in_browser=True",
+            "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--ServerApp.disable_check_xsrf=True", "--LanguageServerManager.autodetect=False",
         ]  # fmt: skip
@@ -120,7 +124,7 @@ class JupyterLab:
 
     def open(self, page: Any, name: str) -> None:
         """Open notebook `name` and wait until its kernel is ready."""
-        page.goto(f"{self.url}/lab/tree/{name}?token={self.token}&reset")
+        page.goto(f"{self.url}/{self.path}/{name}?token={self.token}&reset")
         page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
                                " && window.jupyterapp.shell.currentWidget.sessionContext", timeout=60_000)  # fmt: skip
         page.wait_for_function(
@@ -159,3 +163,10 @@ class JupyterLab:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+class Notebook7(JupyterLab):
+    """``jupyter notebook`` (Notebook 7: one document per tab, its own page layout) on loopback."""
+
+    app = "notebook"
+    path = "notebooks"

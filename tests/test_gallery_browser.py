@@ -144,6 +144,55 @@ def test_ab_compare_shows_two_full_size_images(lab):
     page.keyboard.press("Escape")
 
 
+def in_kernel(page, code: str) -> None:
+    page.evaluate(
+        "code => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.requestExecute({code}).done",
+        code,
+    )
+
+
+FITS = """() => { const s = document.querySelector('.zg-stage').getBoundingClientRect();
+  return [...document.querySelectorAll('.zg-grid thead th')]
+    .every(th => th.getBoundingClientRect().right <= s.right + 1); }"""
+
+
+def test_the_grid_fits_every_column_by_default_and_zooms(lab):
+    _, page, _ = lab
+    page.keyboard.press("Escape")
+    in_kernel(page, "g.cell_width = 900")  # three 900-px columns cannot fit: fit shrinks them
+    page.wait_for_function(
+        "() => parseInt(getComputedStyle(document.querySelector('.zg')).getPropertyValue('--zg-w')) > 96"
+    )
+    assert page.evaluate(FITS)
+    assert page.evaluate(
+        "() => { const s = document.querySelector('.zg-scroll'); return s.scrollWidth <= s.clientWidth; }"
+    )
+    for _ in range(3):
+        page.get_by_role("button", name="zoom in", exact=True).click()
+    assert not page.evaluate(FITS)  # zoomed in: wider than the output, scrolled sideways
+    page.get_by_role("button", name="zoom to fit", exact=True).click()
+    assert page.evaluate(FITS)
+    in_kernel(page, "g.cell_width = 96")
+    page.wait_for_function(
+        "() => getComputedStyle(document.querySelector('.zg')).getPropertyValue('--zg-w').trim() == '96px'"
+    )
+
+
+def test_keys_change_only_the_cells_they_touch(lab):
+    _, page, _ = lab
+    page.locator(".zg-grid").click(position={"x": 2, "y": 2})
+    page.evaluate("() => { document.querySelector('.zg-grid').dataset.kept = 'yes'; }")
+    start = selected_label(page)
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("3")
+    page.wait_for_function("() => (document.querySelector('.zg-sel .zg-rating') || {}).textContent == '3/5'")
+    assert selected_label(page) != start
+    page.keyboard.press("0")
+    page.wait_for_function("() => !document.querySelector('.zg-sel .zg-rating')")
+    # the same table element: the grid was updated in place, not redrawn
+    assert page.evaluate("() => document.querySelector('.zg-grid').dataset.kept") == "yes"
+
+
 def test_a_favourite_is_saved_and_survives_a_kernel_restart(lab):
     server, page, root = lab
     page.locator(".zg-grid").click(position={"x": 2, "y": 2})
@@ -166,6 +215,23 @@ def test_a_favourite_is_saved_and_survives_a_kernel_restart(lab):
     server.run_all(page)
     page.wait_for_function("() => document.querySelectorAll('.zg .zg-star').length == 1")
     assert page.evaluate("() => document.querySelector('.zg .zg-star').closest('.zg-cell').dataset.i") == key
+
+
+def test_after_a_restart_the_gallery_says_its_kernel_is_gone_and_takes_no_picks(lab):
+    server, page, root = lab
+    picks_before = (root / "run" / "picks.json").read_text()
+    stars = page.evaluate("() => document.querySelectorAll('.zg .zg-star').length")
+    server.restart_kernel(page)  # the cell is not run again: this widget's kernel is gone
+    page.wait_for_selector(".zg-banner:not(:empty)", timeout=10_000)  # said before anyone clicks
+    page.locator(".zg-grid").click(position={"x": 2, "y": 2})
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("f")
+    page.wait_for_selector(".zg-banner:not(:empty)")
+    assert "kernel is gone" in page.locator(".zg-banner").inner_text()
+    assert page.locator(".zg-fav").is_disabled() and page.locator(".zg-export").is_disabled()
+    assert page.evaluate("() => document.querySelectorAll('.zg .zg-star').length") == stars  # no pretend star
+    time.sleep(1.0)  # a pick sent anyway would have been written by now
+    assert (root / "run" / "picks.json").read_text() == picks_before
 
 
 def test_reopened_after_a_restart_the_notebook_shows_static_results(lab):

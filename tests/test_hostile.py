@@ -280,13 +280,14 @@ def test_a_token_with_a_windows_line_ending_works_and_is_never_shown(tmp_path, m
 def test_generate_checks_its_output_path_before_paying(tmp_path, monkeypatch):
     with LocalServer(latency=0.02) as srv:
         monkeypatch.setenv("ZLAB_BASE_URL", srv.base_url)
-        assert cli.main(["generate", "fox", "--width", "256", "--height", "256", "--out", str(tmp_path)]) == 2
+        assert cli.main(["generate", "fox", "--width", "256", "--height", "256", "--out", str(tmp_path / "x.gif")]) == 2
         missing = tmp_path / "no" / "such" / "dir" / "x.png"
         assert cli.main(["generate", "fox", "--width", "256", "--height", "256", "--out", str(missing)]) == 2
         with pytest.raises(SystemExit):
             cli.main(["generate", "fox", "--out", str(tmp_path / "x.png"), "--timeout", "0"])
         assert srv.stats.calls.get("submit", 0) == 0
         assert cli.main(["generate", "fox", "--width", "256", "--height", "256", "--out", str(tmp_path / "x.png")]) == 0
+        assert cli.main(["generate", "fox", "--width", "256", "--height", "256", "--out", str(tmp_path)]) == 0
 
 
 def test_junk_beside_the_ledger_is_ignored_and_a_junk_parquet_is_a_clear_error(tmp_path, capsys):

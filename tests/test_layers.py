@@ -20,11 +20,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("zlab.core",),
     ("zlab.api", "zlab.server", "zlab.testing"),
     ("zlab.runs", "zlab.sheet"),
-    ("zlab.strength", "zlab.metrics"),
+    ("zlab.strength", "zlab.metrics", "zlab.export"),
     ("zlab.client",),
     ("zlab.views", "zlab.report"),
     ("zlab.cli",),
 ]
+# Upward arrows kept on purpose, each imported only when called, with the reason. Keep this list short.
+BY_DESIGN = {
+    ("zlab.runs.result", "zlab.export.mlflow"): "RunResult.to_mlflow(): the export of a finished run, from its result",
+}
 MAX_LINES = 520  # a module should be readable in one sitting (STYLE.md: ≲ 500 lines)
 SETTINGS_MODULE = "zlab.core.config"
 
@@ -84,9 +88,14 @@ def test_imports_point_down_the_layers():
             there = _layer_of(target)
             if there is None or there[1] == here[1]:
                 continue
-            if there[0] >= here[0]:
+            if there[0] >= here[0] and (name, target) not in BY_DESIGN:
                 wrong.append(f"{name} → {target}")
     assert not wrong, "upward or sideways imports:\n" + "\n".join(sorted(wrong))
+
+
+def test_every_exception_is_still_needed():
+    stale = [f"{a} → {b}" for a, b in BY_DESIGN if a not in MODULES or b not in _imports(a)]
+    assert not stale, f"remove these from BY_DESIGN: {stale}"
 
 
 def test_no_import_circles():

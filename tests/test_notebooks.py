@@ -83,8 +83,37 @@ def test_notebooks_are_saved_clean_and_parameterised(name):
             assert "ipywidgets" not in cell.source  # zlab's widgets leave a static copy; bare ipywidgets do not
     params = parameters_of(name)
     assert json.loads(json.dumps(params)) == params  # plain JSON values: papermill and -p can set them
-    assert params["out_dir"].startswith("../runs/") and {"seeds", "concurrency"} <= set(params)
+    assert params["runs_root"] == "../runs" and params["out_dir"] is None and {"seeds", "concurrency"} <= set(params)
     assert nb.cells[0].cell_type == "markdown" and "What this answers" in nb.cells[0].source
+
+
+class _Unpriced:
+    """Stands in for the notebook's client in its plan line (the plan's own default price)."""
+
+    def pricing(self):
+        return None
+
+
+def run_dir_of(name: str, **params) -> str:
+    """The run directory the notebook would run into with `params` (its code up to `client.run`)."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    space: dict = {"client": _Unpriced()}
+    exec(code[0], space)
+    space.update(params)
+    exec("from zlab import LoRA, Request, Sweep", space)
+    exec(next(c for c in code if "Sweep(" in c), space)
+    exec(next(line for c in code for line in c.splitlines() if line.startswith("run_dir =")), space)
+    return space["run_dir"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_other_parameters_run_into_another_directory(name):
+    """A report with other parameters must never write into (and redraw the sheet of) the main job's run."""
+    main = run_dir_of(name)
+    assert main.startswith("../runs/") and main == run_dir_of(name)
+    assert run_dir_of(name, seeds=[5, 6]) not in (main, run_dir_of(name, seeds=[5, 7]))
+    assert run_dir_of(name, out_dir="/tmp/mine") == "/tmp/mine"  # a directory you name is the one used
 
 
 # ---------------------------------------------------------------- running them
@@ -205,7 +234,7 @@ def test_seed_grid_runs_with_its_relative_out_dir(tmp_path, monkeypatch):
         tmp_path / "out",
     )
     assert rep.ok, rep.error
-    run = tmp_path / "runs" / "seed_grid"
+    (run,) = (tmp_path / "runs").glob("seed_grid-*")  # named by the sweep: its parameters' own directory
     df = pd.read_parquet(run / "results.parquet")
     assert len(df) == 6 and set(df["status"]) == {"succeeded"}
     assert set(df["prompt"]) == {"a fox in snow", "a fox in a city"} and set(df["seed"]) == {1, 2, 3}

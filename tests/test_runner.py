@@ -151,8 +151,8 @@ def test_a_run_primes_the_sheet_thumbnails_with_the_sheets_own_recipe(server, tm
             assert cached.tobytes() == decode_thumbnail(image, 256).tobytes()
 
 
-def test_results_hold_only_this_sweeps_cells(server, tmp_path):
+def test_a_result_is_its_sweeps_view_and_the_directory_keeps_every_cell(server, tmp_path):
     with Client(base_url=server.base_url) as client:
         client.run(sweep(lora1_scale=[0, 0.5, 1.0], seed=[1, 2, 3]), tmp_path / "run", progress=False)
         second = client.run(sweep(lora1_scale=[0, 0.5, 1.0], seed=[4]), tmp_path / "run", progress=False)
-    assert list(second.df.seed) == [4, 4, 4] and len(pd.read_parquet(tmp_path / "run" / "results.parquet")) == 3
+    assert list(second.df.seed) == [4, 4, 4] and len(pd.read_parquet(tmp_path / "run" / "results.parquet")) == 12

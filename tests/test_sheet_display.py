@@ -13,6 +13,7 @@ from jlab import launch_chromium, missing
 from PIL import Image
 
 from zlab.sheet import contact_sheet
+from zlab.sheet.sheet import DISPLAY_WIDTH
 
 
 @pytest.fixture
@@ -76,3 +77,22 @@ def test_html_sheet_row_labels_stay_readable_in_a_narrow_window(results, tmp_pat
         table = page.locator("table").first.bounding_box()
         assert table is not None and table["width"] > 500  # the grid keeps its size and scrolls instead
         context.close()
+
+
+def test_a_wide_sheet_is_drawn_for_the_notebooks_width_with_legible_labels(results):
+    """Ten 256-px columns are 2,700 px wide: shown inline as they are, a notebook shrinks them until the
+    18-px labels are 6 px tall. Inline, the sheet is drawn again to fit, labels at their drawn size."""
+    df, root = results
+    first = df[df["lora1_scale"] == 0.0]
+    wide = pd.concat([first.assign(lora1_scale=k / 4, key=first["key"] + str(k)) for k in range(10)], ignore_index=True)
+    sheet = contact_sheet(wide, x="lora1_scale", y="seed", page="size", root=root, cell_width=256)
+    assert sheet.pages[0].width > 2 * DISPLAY_WIDTH and wide["lora1_scale"].nunique() >= 10
+    shown = sheet.for_display()
+    assert all(page.width <= DISPLAY_WIDTH for page in shown.pages) and len(shown.pages) == len(sheet.pages)
+    assert shown.style.label_size >= 12 and shown.df["sheet_col"].nunique() == sheet.df["sheet_col"].nunique()
+    html = sheet._repr_html_()
+    widths = [Image.open(io.BytesIO(base64.b64decode(m))).width for m in re.findall(r"base64,([A-Za-z0-9+/=]+)", html)]
+    assert widths and max(widths) <= DISPLAY_WIDTH
+    assert sheet.pages[0].width > 2 * DISPLAY_WIDTH  # saving keeps the full-size pages
+    one = contact_sheet(wide[wide["size"] == "256x256"], x="lora1_scale", y="seed", root=root, cell_width=256)
+    assert Image.open(io.BytesIO(one._repr_png_())).width <= DISPLAY_WIDTH

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -24,6 +25,24 @@ from zlab import errors
 
 BAD_INPUT = (errors.ValidationError, errors.ConfigError, errors.BudgetExceeded)
 BUSY = 5
+MAX_CELLS = 100_000  # as zlab.runs.sweep.MAX_CELLS (not imported: `zlab --help` stays light)
+
+# The library's messages name its Python keywords; the command's name its flags.
+_FLAGS = (
+    (re.compile(r"\bpass stack=True\b"), "add --stack"),
+    (re.compile(r"\bpass max_cells=…"), "pass --max-cells N"),
+    (re.compile(r"\b(x|y|page)=('[^']*'|\"[^\"]*\")"), lambda m: f"--{m[1]} {m[2][1:-1]}"),
+    (re.compile(r"\bcell_timeout=\b"), "--cell-timeout "),
+    (re.compile(r", filter the DataFrame,"), ","),
+    (re.compile(r"^(concurrency|budget|cell_timeout|max_cells): "), lambda m: f"--{m[1].replace('_', '-')}: "),
+)
+
+
+def in_flags(message: str) -> str:
+    """A library message as the command says it: `pass stack=True` → `add --stack`, `y='seed'` → `--y seed`."""
+    for pattern, replacement in _FLAGS:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 def _seconds(text: str) -> float:
@@ -83,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="if another run holds the directory, wait for it (default: say who holds it and exit)",
     )
+    run.add_argument(
+        "--max-cells", type=int, default=MAX_CELLS, help=f"refuse sweeps of more cells (default {MAX_CELLS:,})"
+    )
     run.add_argument("--no-cache", action="store_true", help="do not reuse images from other run directories")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line remains)")
 
@@ -93,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
     sheet.add_argument("--page", help="one page per value of this column")
     sheet.add_argument("--out", help="output file (.png, .jpg, .webp; default DIR/sheet.png)")
     sheet.add_argument("--html", action="store_true", help="also write a self-contained HTML sheet")
+    sheet.add_argument(
+        "--portable",
+        action="store_true",
+        help="with --html: copy the full images into a folder beside the HTML file, so both move together",
+    )
+    sheet.add_argument(
+        "--stack",
+        action="store_true",
+        help="cells that share a grid slot side by side (else: refused, with the reason)",
+    )
     sheet.add_argument("--cell-width", type=int, default=256, help="thumbnail width in pixels (default 256)")
 
     report = commands.add_parser(
@@ -154,6 +186,14 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("spec", help="the find-scale file (YAML; see zlab.strength.driver)")
     find.add_argument("--out", help="run directory (default: runs/<spec name>); rerunning into it resumes")
     find.add_argument("--budget", type=_usd, help="stop before the images would cost more than this many USD")
+    export = commands.add_parser("export", help="export a run directory to an experiment tracker")
+    trackers = export.add_subparsers(dest="tracker", required=True, metavar="TRACKER")
+    mlflow = trackers.add_parser("mlflow", help="one MLflow run per run directory (needs zlab[mlflow])")
+    mlflow.add_argument("dir", help="a run directory (with results.parquet)")
+    mlflow.add_argument("--tracking-uri", help="where MLflow keeps runs, e.g. sqlite:///mlflow.db (default: MLflow's)")
+    mlflow.add_argument("--experiment", default="zlab", help="the MLflow experiment (default zlab)")
+    mlflow.add_argument("--run-name", help="the MLflow run's name (default: the directory's name)")
+    mlflow.add_argument("--report", action="append", default=[], metavar="HTML", help="attach a report (repeatable)")
 
     generate = commands.add_parser("generate", help="generate one image to a file")
     generate.add_argument("prompt")
@@ -168,7 +208,11 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--width", type=int, default=1024)
     generate.add_argument("--height", type=int, default=1536)
     generate.add_argument("--seed", type=int, default=-1)
-    generate.add_argument("--out", required=True, help="image file to write")
+    generate.add_argument(
+        "--out",
+        required=True,
+        help="image file to write (.png, .jpg, .webp: converted if served otherwise), or a directory",
+    )
     generate.add_argument("--timeout", type=_seconds, default=600.0, help="seconds to wait (default 600)")
     return parser
 
@@ -188,13 +232,14 @@ def _run(args: argparse.Namespace) -> int:
     from zlab.client import AsyncClient
     from zlab.runs.sweep import Sweep
 
-    sweep = Sweep.from_file(args.spec)
+    sweep = Sweep.from_file(args.spec, max_cells=args.max_cells)
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
     if out.exists() and not out.is_dir():
         raise errors.ValidationError("--out", str(out), "a directory (this is a file)")
 
     async def main() -> int:
         async with AsyncClient() as client:
+            await asyncio.to_thread(_reach, client.base_url, client.builtin)
             result = await client.run(
                 sweep,
                 out,
@@ -274,8 +319,9 @@ def _sheet(args: argparse.Namespace) -> int:
 
     try:
         paths = sheet_from_run_dir(
-            args.dir, x=args.x, y=args.y, page=args.page, out=args.out, html=args.html, cell_width=args.cell_width
-        )
+            args.dir, x=args.x, y=args.y, page=args.page, out=args.out, html=args.html, cell_width=args.cell_width,
+            stack=args.stack, portable=args.portable,
+        )  # fmt: skip
     except (OSError, ValueError) as exc:  # a missing or unreadable results.parquet (pyarrow's errors are ValueErrors)
         if isinstance(exc, errors.ZlabError):
             raise
@@ -315,6 +361,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from zlab.export import to_mlflow
+
+    run_id = to_mlflow(
+        args.dir, tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name,
+        reports=args.report,
+    )  # fmt: skip
+    print(f"zlab export: {args.dir} → MLflow run {run_id} (experiment {args.experiment!r})")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from zlab.server import serve
     from zlab.server.regime import Regime, parse_burst
@@ -334,6 +391,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.backend == "diffusers":
         from zlab.server import diffusers_backend as db
 
+        _check_model(args.model)  # before a load that takes seconds to minutes
         problem = db.missing_local_extra()
         if problem:
             raise errors.ConfigError(problem)
@@ -360,26 +418,40 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model(model: str | None) -> None:
+    """`serve --model`: a folder on this machine must exist; anything that is not a Hugging Face id
+    (`owner/name`) is taken for a folder."""
+    from zlab.core.request import is_local_path
+
+    if model is None or Path(model).expanduser().is_dir():
+        return
+    if is_local_path(model) or model.count("/") != 1 or Path(model).expanduser().exists():
+        raise errors.ValidationError(
+            "--model", model, "a Z-Image Turbo folder on this machine or a Hugging Face id (Tongyi-MAI/Z-Image-Turbo)",
+            f"there is no folder {Path(model).expanduser()}",
+        )  # fmt: skip
+
+
 def _generate(args: argparse.Namespace) -> int:
+    from zlab.api.download import write_image_as
     from zlab.client import Client
     from zlab.core.request import DEFAULT_LORAS, LoRA, Request
 
     loras = () if args.no_lora else [LoRA(*parse_lora(text)) for text in args.lora] or DEFAULT_LORAS
     request = Request(args.prompt, loras=loras, width=args.width, height=args.height, seed=args.seed)
-    out = _check_out_file(Path(args.out))  # before anything is paid for
+    out = _check_out_file(args.out)  # before anything is paid for
     with Client() as client:
+        _reach(client.base_url, client.aclient.builtin)
         generation = client.generate(request, timeout=args.timeout)
-    path = (
-        out if out.suffix.lower().replace(".jpeg", ".jpg") == generation.suffix else out.with_suffix(generation.suffix)
-    )
+    path = out / f"{_safe_name(generation.request_id)}{generation.suffix}" if out.is_dir() else out
     try:
-        generation.save(path)
+        converted = write_image_as(path, generation.data, generation.image)
     except OSError as exc:
         raise errors.ZlabError(
             f"could not write {path} ({exc.strerror}); the image is paid for: collect it again with "
             f"`zlab.Client().job({generation.request_id!r}).download()`"
         ) from None
-    note = f"; saved as {path.suffix[1:].upper()} as served" if path != out else ""
+    note = f"; converted from {generation.suffix[1:].upper()} as served" if converted else ""
     size = f"{generation.image.width}x{generation.image.height}"
     print(
         f"{path} ({size}, request {generation.request_id}{note})"
@@ -388,26 +460,65 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out_file(out: Path) -> Path:
-    """`generate --out`: a file we can write, checked before the job is sent (and paid for)."""
-    if out.is_dir():
-        raise errors.ValidationError("--out", str(out), "a file name (this is a directory)")
+def _check_out_file(text: str) -> Path:
+    """`generate --out`: checked before the job is sent (and paid for). A name with an image suffix is that
+    file (written in that format); an existing directory, a name ending in a separator or a name without a
+    suffix is a directory (made if needed) that gets ``<request id>.<served suffix>``."""
+    out = Path(text)
+    if out.is_dir() or text.endswith(("/", os.sep)) or (not out.suffix and not out.exists()):
+        if out.exists() and not out.is_dir():
+            raise errors.ValidationError("--out", text, "a directory (this is a file)")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise errors.ValidationError("--out", text, "a directory you may create", exc.strerror or "") from None
+        if not os.access(out, os.W_OK):
+            raise errors.ValidationError("--out", text, "a directory you may write")
+        return out
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):  # what write_image_as writes
+        raise errors.ValidationError(
+            "--out", text, "a file ending in .png, .jpg, .jpeg or .webp, or a directory", "nothing was sent"
+        )
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise errors.ValidationError("--out", str(out), f"a file in an existing directory ({parent} does not exist)")
+        raise errors.ValidationError("--out", text, f"a file in an existing directory ({parent} does not exist)")
     if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise errors.ValidationError("--out", str(out), "a file you may write")
+        raise errors.ValidationError("--out", text, "a file you may write")
     return out
 
 
-COMMANDS = {
-    "run": _run,
-    "sheet": _sheet,
-    "report": _report,
-    "serve": _serve,
-    "generate": _generate,
-    "find-scale": _find_scale,
+def _safe_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip(".") or "image"
+
+
+def _reach(base_url: str, builtin: bool) -> None:
+    """Say which API this command talks to, and fail at once, with the reason, when it cannot be reached
+    (instead of retrying a refused connection for half a minute). No token is sent with this probe."""
+    if builtin:
+        return  # the built-in server says where it is itself
+    import httpx
+
+    print(f"zlab: API at {base_url}", file=sys.stderr)
+    try:
+        httpx.get(base_url, timeout=REACH_TIMEOUT_S)  # any answer, even 404, means someone listens there
+    except httpx.TransportError as exc:
+        raise errors.ConfigError(
+            f"cannot reach the API at {base_url} ({type(exc).__name__}: {exc or 'no answer'}): check "
+            "ZLAB_BASE_URL (start the server with `zlab serve`, or unset it to use the built-in local server)"
+        ) from None
+
+
+REACH_TIMEOUT_S = 10.0
+
+
+INTERRUPTED = {  # what Ctrl-C means depends on the command: only a run has something to resume
+    "run": "zlab: interrupted; run the same command again to resume",
+    "serve": "zlab serve: stopped",
 }
+COMMANDS = {
+    "run": _run, "sheet": _sheet, "report": _report, "serve": _serve, "generate": _generate, "export": _export,
+    "find-scale": _find_scale,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -415,16 +526,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except errors.RunDirBusy as exc:
-        print(f"zlab: error: {exc}", file=sys.stderr)
+        print(f"zlab: error: {in_flags(str(exc))}", file=sys.stderr)
         return BUSY
     except BAD_INPUT as exc:
-        print(f"zlab: error: {exc}", file=sys.stderr)
+        print(f"zlab: error: {in_flags(str(exc))}", file=sys.stderr)
         return 2
     except errors.ZlabError as exc:
-        print(f"zlab: error: {exc}", file=sys.stderr)
+        print(f"zlab: error: {in_flags(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("zlab: interrupted; run the same command again to resume", file=sys.stderr)
+        print(INTERRUPTED.get(args.command, "zlab: interrupted"), file=sys.stderr)
         return 130
 
 

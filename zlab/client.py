@@ -129,10 +129,9 @@ class AsyncClient:
             images = f"Z-Image Turbo from {facts['model']} on {facts['devices']}"
         self._server = LocalServer(latency=local.latency, capacity=local.capacity, renderer=renderer)
         self._server.start()
-        _say(
-            f"zlab: no RUNCOMFY_TOKEN set; using the built-in local server at {self._server.base_url} "
-            f"({images}, nothing is billed)"
-        )
+        # With a token, only ZLAB_BASE_URL=local (or base_url="local") leads here: say so, not "no token".
+        why = "ZLAB_BASE_URL=local" if self.settings.token is not None else "no RUNCOMFY_TOKEN set"
+        _say(f"zlab: {why}; using the built-in local server at {self._server.base_url} ({images}, nothing is billed)")
         return str(self._server.base_url)
 
     async def submit(self, request: Request | dict[str, Any], *, model: str | None = None) -> Job:
@@ -193,10 +192,14 @@ class AsyncClient:
         """Run a sweep into a run directory (resumable); see `zlab.runs.runner.run_sweep` for options.
 
         With `sheet` (the default) and a sweep that names one, the contact sheet is drawn to DIR/sheet.png
-        once the run ends; thumbnails are cached as images arrive, so that first sheet is fast."""
+        once the run ends; thumbnails are cached as images arrive, so that first sheet is fast. In a notebook
+        the kernel's interrupt ends an awaited run with its summary and returns the interrupted result
+        (`.interrupted`), like `Client.run`."""
         from zlab.runs.runner import run_sweep
 
         options.setdefault("on_image", _prime_thumbnail)
+        if in_notebook():  # `await ac.run(...)`: the kernel's interrupt ends with the summary, no traceback
+            options.setdefault("on_interrupt", "return")
         result = await run_sweep(self, sweep, out, **options)
         if sheet and sweep.sheet and result.counts.get("succeeded") and not result.interrupted:
             await asyncio.to_thread(_draw_sheet, result, sweep.sheet, options.get("echo") or _say)

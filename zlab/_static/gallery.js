@@ -1,4 +1,4 @@
-// zlab Gallery: the browser half of zlab.gallery_view.Gallery (an anywidget ES module, no imports).
+// zlab Gallery: the browser half of zlab.views.gallery.Gallery (an anywidget ES module, no imports).
 // The kernel sends thumbnails once (binary buffers) and the cells' positions; everything a click or a
 // key does (selection, paging, full view, A/B compare) happens here, asking the kernel only for a
 // full-size image the first time it is shown, and telling it picks, reruns and exports.
@@ -23,10 +23,12 @@ function render({ model, el }) {
   const S = {
     sel: -1, view: "grid", mode: "side", a: -1, b: -1, fit: true,
     thumbURLs: [], full: new Map(), waiting: new Map(), flicker: null, swipe: 50,
+    live: true, zoom: 0, // zoom 0: cells sized so every column of the x axis fits the width; else pixels
+    figs: new Map(), byKey: new Map(), shownPicks: {}, unanswered: null, // the grid on screen: cell index → its figure
   };
   const root = h("div", { class: `zg ${model.get("live_class")}`, tabindex: "0", "data-lm-suppress-shortcuts": "true" });
   el.append(root);
-  // While this widget lives, the static copy shown before it (zlab.fallback) is redundant: hide it.
+  // While this widget lives, the static copy shown before it (zlab.views.fallback) is redundant: hide it.
   const sid = model.get("static_id");
   if (sid) document.querySelectorAll(`.zlab-static[data-zlab="${sid}"]`).forEach((n) => (n.style.display = "none"));
 
@@ -34,6 +36,23 @@ function render({ model, el }) {
   const cell = (i) => cells()[i];
   const picks = () => model.get("picks") || {};
   const say = (text) => { msg.textContent = text; };
+
+  // ------------------------------------------------------------------ the kernel: alive, or say so
+  const DEAD = "This gallery's kernel is gone (restarted or shut down): stars, ratings, reruns and exports are off "
+    + "and nothing here is saved. Run the cell again (or zlab.Gallery(run_dir) in a running kernel) for a live gallery.";
+  function gone() {
+    if (!S.live) return;
+    S.live = false;
+    root.classList.add("zg-dead");
+    clearTimeout(S.unanswered);
+    draw();
+  }
+  function send(content) {
+    // A closed comm throws ("Cannot send") or drops the message: either way, nothing reaches the kernel.
+    if (S.live && el.closest && el.closest(".jupyter-widgets-disconnected")) gone();
+    if (!S.live) { say(DEAD); return false; }
+    try { model.send(content); return true; } catch (e) { gone(); return false; }
+  }
 
   // ------------------------------------------------------------------ images
   function buildThumbs() {
@@ -44,11 +63,12 @@ function render({ model, el }) {
     // resolves to {url} or {note}; each image is asked for once
     if (S.full.has(i)) return Promise.resolve(S.full.get(i));
     return new Promise((resolve) => {
-      if (!S.waiting.has(i)) { S.waiting.set(i, []); model.send({ type: "full", i }); }
+      if (!S.waiting.has(i)) { S.waiting.set(i, []); send({ type: "full", i }); }
       S.waiting.get(i).push(resolve);
     });
   }
   function onCustom(msg, buffers) {
+    if (msg && msg.type === "picked") { clearTimeout(S.unanswered); return; } // the kernel wrote picks.json
     if (!msg || msg.type !== "full") return;
     const got = buffers && buffers.length ? { url: URL.createObjectURL(new Blob([buffers[0]], { type: msg.mime || "image/png" })) } : { note: msg.note || "no image" };
     S.full.set(msg.i, got);
@@ -70,7 +90,7 @@ function render({ model, el }) {
     if (c.page !== page()) model.set("page_index", c.page);
     model.set("selected", c.key); // a few bytes to the kernel; the grid is redrawn here by the change event
     model.save_changes();
-    if (show && !changed) draw();
+    if (show && !changed) onSelected();
   }
   function move(dx, dy) {
     const c = cell(S.sel);
@@ -112,12 +132,13 @@ function render({ model, el }) {
     const c = cell(S.sel);
     if (!c) return;
     if (!model.get("can_write")) return say("picks need a run directory (pass root=…)");
+    if (!send({ type: "pick", key: c.key, ...change })) return;
     const cur = picks()[c.key] || { favourite: false, rating: 0 };
-    const next = { ...cur, ...change };
-    const all = { ...picks(), [c.key]: next };
-    model.set("picks", all); // shown at once; the kernel writes picks.json and sends back the truth
-    model.send({ type: "pick", key: c.key, ...change });
-    draw();
+    model.set("picks", { ...picks(), [c.key]: { ...cur, ...change } }); // shown at once; the kernel sends back the truth
+    // A kernel that is busy answers later; one that never answers is gone or stuck: say so rather than pretend.
+    clearTimeout(S.unanswered);
+    S.unanswered = setTimeout(() => say("⚠ the kernel has not confirmed this pick yet (busy running a cell, or gone): "
+      + "it is saved only once the kernel answers"), 5000);
   }
   function toggleFavourite() { const c = cell(S.sel); if (c) pick({ favourite: !(picks()[c.key] || {}).favourite }); }
   function setAB(which) {
@@ -145,26 +166,25 @@ function render({ model, el }) {
   function rerun(seedText) {
     const c = cell(S.sel);
     if (!c) return;
-    say("rerunning …");
-    model.send({ type: "rerun", key: c.key, seed: seedText === "" ? null : Number(seedText) });
+    if (send({ type: "rerun", key: c.key, seed: seedText === "" ? null : Number(seedText) })) say("rerunning …");
   }
   function exportPicks() {
     const starred = Object.entries(picks()).filter(([, p]) => p.favourite).map(([k]) => k);
     const keys = starred.length ? starred : [S.a, S.b].filter((i) => i >= 0).map((i) => cell(i).key);
     if (!keys.length) return say("star some cells (F) or pick A and B first");
-    say(`exporting ${keys.length} cell(s) …`);
-    model.send({ type: "export", keys });
+    if (send({ type: "export", keys })) say(`exporting ${keys.length} cell(s) …`);
   }
 
   // ------------------------------------------------------------------ drawing
   const bar = h("div", { class: "zg-bar" });
+  const banner = h("div", { class: "zg-banner", role: "alert" });
   const note = h("div", { class: "zg-note" });
   const main = h("div", { class: "zg-main" });
   const stage = h("div", { class: "zg-stage" });
   const side = h("div", { class: "zg-side" });
   const msg = h("div", { class: "zg-msg", role: "status" });
   main.append(stage, side);
-  root.append(bar, note, main, msg);
+  root.append(banner, bar, note, main, msg);
 
   function axisSelect(name) {
     const value = model.get(name);
@@ -183,9 +203,44 @@ function render({ model, el }) {
         h("span", { class: "zg-pagelabel" }, labels[page()] || ""),
         h("button", { title: "next page (PageDown)", disabled: page() >= labels.length - 1, onclick: () => turn(1) }, "▶")),
       h("button", { class: "zg-compare", title: "compare A and B (C)", disabled: S.a < 0 || S.b < 0, onclick: compare }, "compare A/B"),
-      h("button", { class: "zg-export", title: "export the starred cells", onclick: exportPicks }, `export ★ (${nstar})`),
+      h("button", { class: "zg-export", title: "export the starred cells", disabled: !S.live, onclick: exportPicks }, `export ★ (${nstar})`),
+      h("span", { class: "zg-zoom" },
+        h("button", { title: "smaller cells", "aria-label": "zoom out", onclick: () => zoom(0.8) }, "−"),
+        h("button", { class: S.zoom ? "" : "zg-on", title: "fit every column to the width", "aria-label": "zoom to fit", onclick: () => zoom(0) }, "fit"),
+        h("button", { title: "larger cells", "aria-label": "zoom in", onclick: () => zoom(1.25) }, "+")),
     );
     note.textContent = model.get("note");
+    banner.textContent = S.live ? "" : DEAD;
+  }
+  function zoom(factor) {
+    S.zoom = factor ? Math.max(32, Math.min(1024, Math.round(cellWidth() * factor))) : 0;
+    drawBar();
+    sizeCells();
+  }
+  function stackDepth() {
+    let most = 1;
+    const seen = new Map();
+    for (const c of cells()) if (c.page === page()) {
+      const k = `${c.row}:${c.col}`;
+      seen.set(k, (seen.get(k) || 0) + 1);
+      most = Math.max(most, seen.get(k));
+    }
+    return most;
+  }
+  function cellWidth() {
+    // Fit: every column of the x axis visible at the output's width (thumbnails are never drawn larger
+    // than they were made); zoomed: the chosen width.
+    if (S.zoom) return S.zoom;
+    const made = model.get("cell_width"), nx = Math.max(1, model.get("x_labels").length), k = stackDepth();
+    const label = model.get("y") ? 96 : 0;
+    const avail = (stage.clientWidth || root.clientWidth || 800) - label - 4 * (nx + 2) - 6 * nx * (k - 1) - 2;
+    return Math.max(32, Math.min(made, Math.floor(avail / (nx * k))));
+  }
+  function sizeCells() {
+    const w = cellWidth();
+    root.style.setProperty("--zg-w", `${w}px`);
+    root.style.setProperty("--zg-h", `${Math.round(w * model.get("aspect"))}px`);
+    root.classList.toggle("zg-fitted", !S.zoom);
   }
   function thumb(c, big = false) {
     const url = S.thumbURLs[c.i];
@@ -203,9 +258,9 @@ function render({ model, el }) {
   }
   function drawGrid() {
     const xs = model.get("x_labels"), ys = model.get("y_labels"), g = page();
-    const w = model.get("cell_width"), hgt = Math.round(w * model.get("aspect"));
-    root.style.setProperty("--zg-w", `${w}px`);
-    root.style.setProperty("--zg-h", `${hgt}px`);
+    sizeCells();
+    S.figs = new Map();
+    S.byKey = new Map(cells().map((c) => [c.key, c.i]));
     const hasY = !!model.get("y");
     const table = h("table", { class: "zg-grid" });
     table.append(h("thead", {}, h("tr", {}, hasY ? h("th") : null, xs.map((x) => h("th", { scope: "col" }, x)))));
@@ -213,22 +268,55 @@ function render({ model, el }) {
     ys.forEach((ylabel, r) => {
       const tr = h("tr", {}, hasY ? h("th", { scope: "row" }, ylabel) : null);
       xs.forEach((_, col) => {
-        const slots = at(g, r, col).map((c) =>
+        const slots = at(g, r, col).map((c) => S.figs.set(c.i,
           h("figure", {
             class: `zg-cell${c.i === S.sel ? " zg-sel" : ""}${c.note ? " zg-failed" : ""}`, "data-i": c.i, title: c.label,
             onclick: (e) => {
               if (e.shiftKey || e.ctrlKey || e.metaKey) { select(c.i, { show: false }); setAB(S.a < 0 || S.b >= 0 ? "a" : "b"); if (S.b >= 0 && S.a >= 0 && S.a !== S.b) { /* ready */ } return; }
               select(c.i, { show: false }); S.view = "full"; draw(); root.focus();
             },
-          }, h("div", { class: "zg-box" }, thumb(c)), marks(c), c.caption ? h("figcaption", {}, c.caption) : null));
+          }, h("div", { class: "zg-box" }, thumb(c)), marks(c), c.caption ? h("figcaption", {}, c.caption) : null)).get(c.i));
         tr.append(h("td", {}, h("div", { class: "zg-slots" }, slots)));
       });
       body.append(tr);
     });
     table.append(body);
     stage.replaceChildren(h("div", { class: "zg-scroll" }, table));
-    const sel = stage.querySelector(".zg-sel");
-    if (sel && sel.scrollIntoView) sel.scrollIntoView({ block: "nearest", inline: "nearest" });
+    S.shownPicks = picks();
+    reveal(S.figs.get(S.sel));
+  }
+  function reveal(fig) {
+    if (fig && fig.scrollIntoView) fig.scrollIntoView({ block: "nearest", inline: "nearest" });
+  }
+  // Incremental updates: a key changes one or two cells, not the grid.
+  function gridShown() { return S.view === "grid" && S.figs.size > 0 && stage.querySelector(".zg-grid"); }
+  function onSelected() {
+    const found = cells().findIndex((c) => c.key === model.get("selected"));
+    if (found < 0 || !gridShown() || !S.figs.has(found)) return draw();
+    S.sel = found;
+    const fig = S.figs.get(found), old = stage.querySelector(".zg-sel");
+    if (old !== fig) {
+      if (old) old.classList.remove("zg-sel");
+      fig.classList.add("zg-sel");
+      reveal(fig);
+    }
+    drawSide();
+  }
+  function onPicks() {
+    if (!gridShown()) return draw();
+    const now = picks(), was = S.shownPicks;
+    for (const key of new Set([...Object.keys(now), ...Object.keys(was)])) { // the picked cells, not all of them
+      const i = S.byKey.get(key), fig = S.figs.get(i);
+      if (!fig || JSON.stringify(now[key] || null) === JSON.stringify(was[key] || null)) continue;
+      const old = fig.querySelector(".zg-marks");
+      if (old) old.remove();
+      const fresh = marks(cell(i));
+      if (fresh) fig.append(fresh);
+    }
+    S.shownPicks = now;
+    const exporter = bar.querySelector(".zg-export");
+    if (exporter) exporter.textContent = `export ★ (${Object.values(now).filter((p) => p.favourite).length})`;
+    drawSide();
   }
   function fullImage(i, cls) {
     const c = cell(i);
@@ -294,20 +382,20 @@ function render({ model, el }) {
     if (!c) return side.replaceChildren();
     const p = picks()[c.key] || {};
     const stars = [1, 2, 3, 4, 5].map((n) =>
-      h("button", { class: `zg-r${(p.rating || 0) >= n ? " zg-on" : ""}`, title: `rate ${n} (${n})`, onclick: () => pick({ rating: p.rating === n ? 0 : n }) }, "★"));
+      h("button", { class: `zg-r${(p.rating || 0) >= n ? " zg-on" : ""}`, title: `rate ${n} (${n})`, disabled: !S.live, onclick: () => pick({ rating: p.rating === n ? 0 : n }) }, "★"));
     const seed = h("input", { type: "number", placeholder: "random", class: "zg-seed", "aria-label": "seed" });
     side.replaceChildren(...[
       h("div", { class: "zg-sidetitle" }, c.label),
       c.note ? h("div", { class: "zg-error" }, c.note) : null,
       h("div", { class: "zg-actions" },
-        h("button", { class: `zg-fav${p.favourite ? " zg-on" : ""}`, title: "favourite (F)", onclick: toggleFavourite }, p.favourite ? "★ favourite" : "☆ favourite"),
+        h("button", { class: `zg-fav${p.favourite ? " zg-on" : ""}`, title: "favourite (F)", disabled: !S.live, onclick: toggleFavourite }, p.favourite ? "★ favourite" : "☆ favourite"),
         h("span", { class: "zg-stars" }, stars)),
       h("div", { class: "zg-actions" },
         h("button", { title: "open full size (Enter)", onclick: () => { S.view = "full"; draw(); } }, "open"),
         h("button", { title: "compare slot A (A)", onclick: () => setAB("a") }, "set A"),
         h("button", { title: "compare slot B (B)", onclick: () => setAB("b") }, "set B"),
         h("button", { title: "copy the request as JSON", onclick: copyParams }, "copy parameters")),
-      h("div", { class: "zg-actions" }, h("button", { disabled: !model.get("can_write"), onclick: () => rerun(seed.value) }, "rerun with seed"), seed),
+      h("div", { class: "zg-actions" }, h("button", { disabled: !model.get("can_write") || !S.live, onclick: () => rerun(seed.value) }, "rerun with seed"), seed),
       h("table", { class: "zg-params" }, c.params.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))),
     ].filter(Boolean));
   }
@@ -355,10 +443,20 @@ function render({ model, el }) {
   const redraw = () => draw();
   const rethumb = () => { buildThumbs(); S.full.clear(); draw(); };
   const told = () => say(model.get("message"));
+  const lost = () => gone(); // the widget manager marks models dead when their kernel restarts or dies
+  // The widget manager marks a dead model's view "disconnected"; look now and then, so the banner shows
+  // without waiting for a click (the model's own event is not always sent).
+  const watch = setInterval(() => { if (el.closest && el.closest(".jupyter-widgets-disconnected")) gone(); }, 1000);
+  const resized = new ResizeObserver(() => { if (!S.zoom && gridShown()) sizeCells(); });
+  resized.observe(root);
   model.on("change:cells", redraw);
-  model.on("change:picks", redraw);
+  model.on("change:picks", onPicks);
   model.on("change:page_index", redraw);
-  model.on("change:selected", redraw);
+  model.on("change:cell_width", redraw);
+  model.on("change:selected", onSelected);
+  model.on("comm_live_update", lost);
+  model.on("comm:close", lost);
+
   model.on("change:thumbs", rethumb);
   model.on("change:note", redraw);
   model.on("change:message", told);
@@ -367,8 +465,10 @@ function render({ model, el }) {
   draw();
   return () => {
     if (S.flicker) clearInterval(S.flicker);
-    model.off("change:cells", redraw); model.off("change:picks", redraw); model.off("change:page_index", redraw);
-    model.off("change:selected", redraw); model.off("change:thumbs", rethumb); model.off("change:note", redraw);
+    resized.disconnect();
+    clearInterval(watch);
+    model.off("change:cells", redraw); model.off("change:picks", onPicks); model.off("change:page_index", redraw); model.off("change:cell_width", redraw);
+    model.off("change:selected", onSelected); model.off("comm_live_update", lost); model.off("comm:close", lost); model.off("change:thumbs", rethumb); model.off("change:note", redraw);
     model.off("change:message", told); model.off("msg:custom", onCustom);
     S.thumbURLs.forEach((u) => u && URL.revokeObjectURL(u));
     S.full.forEach((g) => g.url && URL.revokeObjectURL(g.url));

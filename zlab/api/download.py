@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -139,9 +139,11 @@ def decode_image(data: bytes, *, url: str | None = None) -> Image.Image:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: readers see all or nothing."""
+    """Write to a temporary file beside `path`, fsync, then rename: readers see all or nothing.
+    The file gets the mode any new file gets here (0644 under the usual umask), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -162,3 +164,22 @@ def image_suffix(data: bytes) -> str:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return ".webp"
     return ".img"
+
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def write_image_as(path: Path, data: bytes, image: Image.Image) -> bool:
+    """Write an output image at `path` in the format its suffix names: the bytes as served when they are
+    that format already, else `image` re-encoded (JPEG and WebP at quality 95). True when converted."""
+    wanted = IMAGE_FORMATS.get(path.suffix.lower())
+    if wanted is None:
+        raise ValueError(f"{path}: not one of {', '.join(IMAGE_FORMATS)}")
+    if wanted == IMAGE_FORMATS.get(image_suffix(data)):
+        write_atomic(path, data)
+        return False
+    buffer = io.BytesIO()
+    picture = image.convert("RGB") if wanted == "JPEG" else image
+    picture.save(buffer, format=wanted, **({"quality": 95} if wanted != "PNG" else {}))
+    write_atomic(path, buffer.getvalue())
+    return True

@@ -31,7 +31,7 @@ __all__ = ["Progress", "ProgressState", "shown_in"]
 
 _REDRAW_S = 0.25  # at most four redraws a second: updates are cheap, but each is an iopub message
 _WINDOW = 32  # finishes used for the throughput: recent enough to follow a change of pace
-_SHOWN = ("running", "queued", "succeeded", "failed", "cancelled", "pending", "unknown")
+_SHOWN = ("running", "queued", "succeeded", "reused", "failed", "cancelled", "pending", "unknown")
 _COLOURS = {"succeeded": "#2e7d32", "failed": "#c62828", "running": "#1565c0", "queued": "#90caf9"}
 
 
@@ -54,14 +54,16 @@ class ProgressState:
         self.counts[new] += 1
         if finished:
             self.finished += 1
-            self.finishes.append(time.monotonic() if now is None else now)
+            if new != "reused":  # a cell taken from the directory or the cache took no generation time
+                self.finishes.append(time.monotonic() if now is None else now)
 
     @property
     def complete(self) -> int:
         return min(self.total, self.done + self.finished)
 
     def rate(self, now: float | None = None) -> float | None:
-        """Cells per second over the recent finishes (None until two have been seen)."""
+        """Generated cells per second over the recent finishes (None until two have been seen; reused cells
+        are counted apart, as "N reused", never as a rate)."""
         now = time.monotonic() if now is None else now
         if len(self.finishes) < 2:
             return None

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -33,9 +34,9 @@ from zlab.core.polling import Track
 from zlab.core.pricing import final_cost
 from zlab.runs.progress import Progress
 from zlab.core.table import request_from_row
-from zlab.runs.tables import with_picks
+from zlab.runs.tables import recorded_axes
 from zlab.core.runplan import Action, CellView, Next, Stop
-from zlab.runs.result import RunResult
+from zlab.runs.result import RunResult, paid_for
 from zlab.runs.ledger import Cache, RunDir, now_iso, results_frame
 from zlab.runs.sweep import SECONDS_PER_IMAGE, Cell, Sweep
 
@@ -108,7 +109,9 @@ async def run_sweep(
         plan = sweep.plan(concurrency, pricing=price).assign(status="planned")
         return RunResult(plan, Path(out), {"planned": len(plan)}, 0.0, estimate, {})
 
+    fresh = not Path(out).exists()  # a run refused by its budget leaves no directory it made behind
     run = RunDir(out, wait_s=wait)
+    refused = False
     try:
         sweep = _seeded(run, sweep)
         cells = sweep.cells()
@@ -116,8 +119,6 @@ async def run_sweep(
         ledger.add((c.key, c.index, c.row(), None) for c in cells)  # costs below, once the price is known
         if recovered := ledger.recover():
             say(f"zlab: {recovered} cell(s) were being submitted when the last run stopped; their outcome is unknown")
-        with contextlib.suppress(OSError):  # for people only; resume does not need it
-            run.write_spec(sweep.to_dict())
         rows = {row["key"]: row for row in ledger.rows()}
         shared = _open_cache(client, cache)
         actions = {
@@ -137,7 +138,11 @@ async def run_sweep(
         if pricing is not None and unpriced:
             ledger.set_costs((c.key, pricing.cost(c.request)) for c in unpriced)
         estimate = sweep.estimate(concurrency, pricing=pricing, seconds_per_image=seconds, cells=to_send)
+        refused = True  # until the budget allows the run
         runplan.check_budget(estimate.cost_usd, budget, len(to_send))
+        refused = False
+        with contextlib.suppress(OSError):  # for people only; resume does not need it
+            run.write_spec(sweep.to_dict())
         tally = collections.Counter(actions.values())
         say(
             f"zlab: plan: {len(cells)} cells, {tally['done']} already done, {tally['reuse']} found in the run "
@@ -161,21 +166,22 @@ async def run_sweep(
             await state.stop(say)
         finally:
             state.progress.close()
-        final = [r for r in ledger.rows() if r["key"] in keys]  # this sweep's cells only
+        every = ledger.rows()
+        final = [r for r in every if r["key"] in keys]  # this sweep's cells: its view of the directory
+        every = [r for r in every if r["key"] in keys or r["status"] != "planned"]  # others' unsent: no result
         df = results_frame(final, extra_columns=[*sweep.axes, *sweep.derived_columns])
         df.attrs["run_dir"] = str(run.root)
-        try:
-            run.write_results(df)
+        try:  # results.parquet holds every cell the ledger has (other sweeps', reruns'): it never shrinks
+            run.write_results(results_frame(every, extra_columns=recorded_axes([*sweep.axes, *sweep.derived_columns], every)))
         except OSError as exc:
             say(f"zlab: could not write {run.results}: {exc}; the ledger keeps every result, rerun to write it")
-        df = with_picks(df, run.root)  # favourites and ratings from the gallery, as columns
         counts = dict(collections.Counter(df["status"]))
         calls = dict(collections.Counter(client.api.calls) - calls_before)
         notes = _notes(rows, keys, client.identity, collectable, actions)
         reasons = runplan.tally_reasons((r["status"], r["reason"]) for r in final)
         result = RunResult(
             df, run.root, counts, time.monotonic() - started, estimate, calls, interrupted, state.stopped, reasons,
-            tuple(notes),
+            tuple(notes), tuple(state.paid), paid_for(every),
         )  # fmt: skip
         say(result.summary())
         if interrupted and on_interrupt == "raise":  # end cancelled, as asyncio expects
@@ -183,6 +189,8 @@ async def run_sweep(
         return result
     finally:
         run.close()
+        if refused and fresh:
+            shutil.rmtree(run.root, ignore_errors=True)
 
 
 def _seeded(run: RunDir, sweep: Sweep) -> Sweep:
@@ -268,6 +276,7 @@ class _RunState:
         self.inflight: set[asyncio.Task[Any]] = set()
         self.stopped: Stop | None = None
         self.shown: dict[str, str] = {}
+        self.paid: list[tuple[float, str]] = []  # (cost, its source) of each image generated in this run
         self.sweep_json = json.dumps(sweep.to_dict(), default=str)
 
     def _show(self, key: str, state: str, finished: bool = False) -> None:
@@ -398,7 +407,7 @@ class _RunState:
         estimate = (self.ledger.get(key) or {}).get("cost_usd") or 0.0
         cost, source = final_cost(gen.cost_usd, estimate)
         width, height = gen.size
-        fields = {
+        fields: dict[str, Any] = {
             "image_path": path, "image_url": gen.url, "cost_usd": cost, "cost_source": source,
             "image_width": width, "image_height": height, "note": gen.note,
             "backend": json.dumps(gen.backend) if gen.backend else None,
@@ -406,6 +415,7 @@ class _RunState:
             "queue_s": gen.queue_s, "run_s": gen.run_s,
         }  # fmt: skip
         self._apply(key, Next("succeeded"), **fields)
+        self.paid.append((cost, source))
         if self.cache is not None:
             row = self.ledger.get(key) or {}
             info = {k: row.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s",
@@ -417,8 +427,9 @@ class _RunState:
         path = self.run.existing_image(cell.key)
         assert path is not None
         self._apply(
-            cell.key, Next("succeeded", "found in the run directory"), image_path=str(path.relative_to(self.run.root))
-        )
+            cell.key, Next("succeeded", "found in the run directory"), reused=True,
+            image_path=str(path.relative_to(self.run.root)),
+        )  # fmt: skip
 
     def _from_cache(self, cell: Cell) -> bool:
         found = self.cache.lookup(cell.key) if self.cache else None
@@ -429,19 +440,20 @@ class _RunState:
         self.cache.copy_to(source, target)
         fields = {k: info.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s",
                                             "run_s", "base_url", "image_width", "image_height", "note")}  # fmt: skip
-        self._apply(cell.key, Next("succeeded"), cached=1, cost_usd=0.0, cost_source="estimate",
+        self._apply(cell.key, Next("succeeded"), reused=True, cached=1, cost_usd=0.0, cost_source="estimate",
                     image_path=str(target.relative_to(self.run.root)), **fields)  # fmt: skip
         return True
 
-    def _apply(self, key: str, nxt: Next, **fields: Any) -> None:
-        """Record where a cell went; stop sending when the token or the balance says so."""
+    def _apply(self, key: str, nxt: Next, *, reused: bool = False, **fields: Any) -> None:
+        """Record where a cell went; stop sending when the token or the balance says so (`reused`: its
+        image came from the directory or the cache, shown apart from the generated ones)."""
         if nxt.count_attempt:
             row = self.ledger.get(key) or {}
             fields["collect_attempts"] = (row.get("collect_attempts") or 0) + 1
         self.ledger.update(key, status=nxt.state, reason=nxt.reason, error=nxt.error, **fields)
         if nxt.stop and not self.stopped:
             self.stopped = nxt.stop
-        shown = {"accepted": "pending", "planned": "waiting"}.get(nxt.state, nxt.state)
+        shown = "reused" if reused else {"accepted": "pending", "planned": "waiting"}.get(nxt.state, nxt.state)
         self._show(key, shown, finished=shown != "waiting")
 
     def _local_error(self, key: str, exc: Exception) -> None:

@@ -117,7 +117,7 @@ class Sweep:
         self._cells: list[Cell] | None = None
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any], *, source: str = "sweep") -> Sweep:
+    def from_dict(cls, spec: Mapping[str, Any], *, source: str = "sweep", max_cells: int = MAX_CELLS) -> Sweep:
         """Build from the sweep file's structure (see the module docstring)."""
         if not isinstance(spec, Mapping):
             raise ValidationError(source, type(spec).__name__, "a mapping with keys " + ", ".join(FILE_KEYS))
@@ -131,23 +131,18 @@ class Sweep:
         axes = spec.get("axes") or {}
         if not isinstance(axes, Mapping):
             raise ValidationError("axes", axes, "a mapping of axis name to values")
-        return cls(
-            base,
-            axes,
-            zipped=spec.get("zip") or (),
-            sheet=spec.get("sheet"),
-            name=spec.get("name"),
-            baseline=spec.get("baseline", False),
-        )
+        zipped, sheet, name = spec.get("zip") or (), spec.get("sheet"), spec.get("name")
+        baseline = spec.get("baseline", False)
+        return cls(base, axes, zipped=zipped, sheet=sheet, name=name, baseline=baseline, max_cells=max_cells)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Sweep:
+    def from_file(cls, path: str | Path, *, max_cells: int = MAX_CELLS) -> Sweep:
         """Read a YAML sweep file; errors name the file and the field (see `zlab.runs.yamlfile` for the checks)."""
         from zlab.runs.yamlfile import load_yaml
 
         path = Path(path)
         spec = load_yaml(path)
-        sweep = cls.from_dict(spec, source=str(path))
+        sweep = cls.from_dict(spec, source=str(path), max_cells=max_cells)
         sweep.name = sweep.name or path.stem
         return sweep
 

@@ -12,9 +12,10 @@ it (sheets, the gallery, the builder, reports) asks this module rather than gues
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pandas as pd
 
 from zlab.api.download import write_atomic
 from zlab.errors import ValidationError
-from zlab.core.table import AXIS_PREFERENCE, axis_rank, sheet_axes, varying_columns
+from zlab.core.table import AXIS_PREFERENCE, RESULT_COLUMNS, axis_rank, sheet_axes, varying_columns
 
 __all__ = [
     "AXIS_PREFERENCE",
@@ -31,6 +32,7 @@ __all__ = [
     "load_results",
     "open_results",
     "read_picks",
+    "recorded_axes",
     "run_dir_of",
     "set_pick",
     "sheet_axes",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 PICKS_FILE = "picks.json"  # DIR/picks.json: {key: {"favourite": bool, "rating": 0-5}}
+PICKS_LOCK = ".zlab/picks.lock"  # held while one change is read, merged and written
 
 
 # ---------------------------------------------------------------- finding a table and its directory
@@ -57,7 +60,12 @@ def open_results(source: Any) -> tuple[pd.DataFrame, Path | None]:
     if isinstance(source, pd.DataFrame):
         return source, run_dir_of(source)
     if hasattr(source, "df") and hasattr(source, "out"):  # a RunResult, without importing the runner
-        return source.df, Path(source.out)
+        # The directory's whole table (every cell it has: the sweep's and, say, a gallery's reruns);
+        # a dry run's plan has no directory yet, so its own table.
+        root = Path(source.out)
+        if (root / "results.parquet").is_file():
+            return open_results(root)
+        return source.df, root
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         parquet = path if path.suffix == ".parquet" else path / "results.parquet"
@@ -79,6 +87,13 @@ def load_results(source: Any) -> pd.DataFrame:
     """The results table with the gallery's picks merged in (`favourite`, `rating` columns)."""
     df, root = open_results(source)
     return with_picks(df, root)
+
+
+def recorded_axes(axes: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A sweep's `axes`, then every other column the directory's ledger `rows` recorded (another sweep's
+    axes, e.g. `size`): the columns of a table of every cell the directory has."""
+    recorded = (name for row in rows for name in json.loads(row["params"]) if name not in RESULT_COLUMNS)
+    return list(dict.fromkeys([*axes, *recorded]))
 
 
 def write_results(df: pd.DataFrame, run_dir: str | os.PathLike[str]) -> Path:
@@ -115,9 +130,17 @@ def set_pick(
     run_dir: str | os.PathLike[str], key: str, *, favourite: bool | None = None, rating: int | None = None
 ) -> dict[str, dict[str, Any]]:
     """Change one cell's pick and write picks.json atomically (a crash leaves the old file or the new one,
-    never half of one); returns all picks. A pick with no star and no rating is removed."""
+    never half of one); returns all picks. A pick with no star and no rating is removed.
+
+    The read, the change and the write happen under an OS lock on the directory's picks, so two galleries
+    (two kernels, or two threads) picking at once each change only their own cell and keep every other pick."""
     if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int) or not 0 <= rating <= 5):
         raise ValidationError("rating", rating, "an integer from 0 (none) to 5")
+    with _picks_locked(Path(run_dir)):
+        return _change_pick(Path(run_dir), key, favourite, rating)
+
+
+def _change_pick(run_dir: Path, key: str, favourite: bool | None, rating: int | None) -> dict[str, dict[str, Any]]:
     picks = read_picks(run_dir)
     pick = picks.get(key, {"favourite": False, "rating": 0})
     if favourite is not None:
@@ -129,8 +152,34 @@ def set_pick(
     else:
         picks.pop(key, None)
     body = json.dumps({"version": 1, "picks": dict(sorted(picks.items()))}, indent=1)
-    write_atomic(Path(run_dir) / PICKS_FILE, body.encode())
+    write_atomic(run_dir / PICKS_FILE, body.encode())
     return picks
+
+
+@contextlib.contextmanager
+def _picks_locked(run_dir: Path) -> Iterator[None]:
+    """Hold the directory's picks lock (blocking: a change takes milliseconds). `flock` excludes other
+    processes and other open handles in this one alike, and the OS drops it when a process dies."""
+    path = run_dir / PICKS_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: lock the first byte (msvcrt retries for ~10 s, then raises)
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def with_picks(df: pd.DataFrame, run_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:

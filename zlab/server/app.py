@@ -152,7 +152,7 @@ async def _model_info(request: HTTPRequest) -> Response:
     price = state.quirks.price
     if request.path_params["model_id"] != MODEL_ID or price is None:
         raise _Refused(error(404, 400001, "no price published for this model here"))
-    note = "zlab's local server: a made-up price for tests (quirk price=…)"
+    note = "zlab's local server: nothing is billed" if price == 0 else "zlab's local server: a made-up price (quirk)"
     body = {"model_id": MODEL_ID, "base_price_usd": price, "price_unit": "image", "pricing_note": note}
     return JSONResponse(q.success(state.quirks, body))
 

@@ -15,6 +15,7 @@ be switched live with `set_quirks` and `set_faults`.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 import threading
@@ -273,6 +274,8 @@ def serve(
     """Run the local server in the foreground until Ctrl-C (`zlab serve`); prints one line with its URL."""
     config = _config((token, *tokens), latency, capacity, expire_after, renderer, regime)
     parsed = Quirks.parse(quirks)
+    if parsed.price is None:  # like the built-in server, publish what it bills: nothing (the price quirk overrides)
+        parsed = dataclasses.replace(parsed, price=0.0)
     sock = _bind(host, port)
     state, server = _build(config, faults, parsed, sock, log_config=_LOG_CONFIG)
     auth = "token required" if config.token_hashes else "no token needed"

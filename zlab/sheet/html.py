@@ -1,7 +1,8 @@
 """The HTML sheet: one self-contained file, thumbnails embedded as data URIs, full images linked.
 
 Hovering a thumbnail shows its parameters (the ``title`` attribute, so it works with no script);
-clicking opens the full-size image, linked relative to where the HTML file is written. There is one
+clicking opens the full-size image, linked relative to where the HTML file is written (or, portable,
+copied into a folder beside it). There is one
 table per value of the page axis, labelled like the PNG sheet; HTML has no size limit, so no paging.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,7 +81,26 @@ def _full_path(sheet: ContactSheet, i: int) -> Path | None:
     return (sheet.root or Path()) / str(row["image_path"])
 
 
-def _slot(sheet: ContactSheet, i: int, tile: Image.Image | thumbs.Missing, html_dir: Path, params: list[str]) -> str:
+def _href(full: Path, html_dir: Path, files: Path | None) -> str:
+    """The full image's link: relative to the run directory, or (`files`, the portable form) to a copy in
+    the folder beside the HTML file, which moves with it."""
+    if files is None:
+        return relative_href(full, html_dir)
+    files.mkdir(parents=True, exist_ok=True)
+    copy = files / full.name
+    if not copy.is_file() or copy.stat().st_size != full.stat().st_size:
+        shutil.copyfile(full, copy)
+    return quote(f"{files.name}/{full.name}")
+
+
+def _slot(
+    sheet: ContactSheet,
+    i: int,
+    tile: Image.Image | thumbs.Missing,
+    html_dir: Path,
+    params: list[str],
+    files: Path | None,
+) -> str:
     row = sheet.grid.placed.iloc[i]
     tip = escape(hover_text(row, params), quote=True)
     caption = ""
@@ -87,7 +108,7 @@ def _slot(sheet: ContactSheet, i: int, tile: Image.Image | thumbs.Missing, html_
         text = stack_caption({c: norm_value(row[c]) for c in sheet.grid.stacked})
         caption = f'<div class="cap" title="{escape(text)}">{escape(text)}</div>'
     if isinstance(tile, Image.Image):
-        href = relative_href((sheet.root or Path()) / str(row["image_path"]), html_dir)
+        href = _href((sheet.root or Path()) / str(row["image_path"]), html_dir, files)
         img = f'<img src="{data_uri(tile)}" alt="{escape(str(row.get("key")))}" title="{tip}">'
         return f'<div class="slot"><a href="{href}" target="_blank">{img}</a>{caption}</div>'
     reason = placeholder_reason(row.get("status"), row.get("error"), row.get("image_path")) or tile.reason
@@ -95,8 +116,9 @@ def _slot(sheet: ContactSheet, i: int, tile: Image.Image | thumbs.Missing, html_
     return f'<div class="slot"><div class="{kind}" title="{tip}">{escape(reason)}</div>{caption}</div>'
 
 
-def render_html(sheet: ContactSheet, html_dir: Path) -> str:
-    """The whole document as a string; thumbnails come from the sheet's thumbnail cache."""
+def render_html(sheet: ContactSheet, html_dir: Path, files: Path | None = None) -> str:
+    """The whole document as a string; thumbnails come from the sheet's thumbnail cache. With `files`, the
+    full images are copied there and linked from it (see `write_html`)."""
     grid, style = sheet.grid, sheet.style
     params = parameter_columns(grid.placed)
     slot_h = cell_image_height(style.cell_width, [sheet.aspect])
@@ -141,7 +163,7 @@ def render_html(sheet: ContactSheet, html_dir: Path) -> str:
                 parts.append(f'<th scope="row">{escape(ylabel)}</th>')
             for c in range(len(grid.x)):
                 rows = cells.get((r, c), [])
-                slots = [_slot(sheet, i, tiles[i], html_dir, params) for i in rows] or [
+                slots = [_slot(sheet, i, tiles[i], html_dir, params, files) for i in rows] or [
                     '<div class="slot"><div class="ph">no result</div></div>'
                 ]
                 parts.append(f'<td><div class="cell">{"".join(slots)}</div></td>')
@@ -153,9 +175,14 @@ def render_html(sheet: ContactSheet, html_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def write_html(sheet: ContactSheet, path: str | os.PathLike[str]) -> Path:
-    """Write `sheet` as one HTML file at `path`; returns the path."""
+def write_html(sheet: ContactSheet, path: str | os.PathLike[str], *, portable: bool = False) -> Path:
+    """Write `sheet` as one HTML file at `path`; returns the path.
+
+    The full images are linked where they are (relative to `path`: the page works while it stays put, or
+    moves together with the run directory); `portable` copies them into ``<name>_files/`` beside the page
+    instead, so the page and that folder can be moved or mailed anywhere together."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(sheet, path.parent), encoding="utf-8")
+    files = path.parent / f"{path.stem}_files" if portable else None
+    path.write_text(render_html(sheet, path.parent, files), encoding="utf-8")
     return path

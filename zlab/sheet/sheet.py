@@ -34,6 +34,8 @@ from zlab.sheet.cells import (
 from zlab.sheet.layout import WEBP_MAX_SIDE, Box, SheetText, Style, axis_label, plan_pages, style_for
 from zlab.sheet.meta import FORMAT_VERSION, save_kwargs
 
+DISPLAY_WIDTH = 1100  # px: a notebook's output at a common window size, where a sheet shows 1:1
+MIN_DISPLAY_CELL = 48  # px: below this a thumbnail says too little; a wider grid is shown scaled
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
@@ -53,25 +55,49 @@ class ContactSheet:
     footer: str
     aspect: float = 1.0  # tallest height/width among the images: sets the cell height
     cache: Path | None = field(default=None)
+    _shown: dict[int, ContactSheet] = field(default_factory=dict, compare=False)  # for_display's, by width
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{p.width}×{p.height}" for p in self.pages[:3]) + (" …" if len(self.pages) > 3 else "")
         grid = f"{len(self.grid.x)}×{len(self.grid.y)}" + (f"×{len(self.grid.page)}" if self.grid.page.column else "")
         return f"<ContactSheet {grid} cells, {len(self.pages)} page(s) {sizes}>"
 
+    def for_display(self, width: int = DISPLAY_WIDTH) -> ContactSheet:
+        """This sheet drawn again with cells small enough that each page is at most `width` pixels wide,
+        so a notebook shows it 1:1 and its labels at their drawn size (≥ `min_font_size`), instead of
+        shrinking a wide page until its labels are 5 px tall. Itself when it fits already."""
+        if width in self._shown:
+            return self._shown[width]
+        shown, cell = self, self.style.cell_width
+        for _ in range(4):  # the label column and margins do not shrink with the cells: converge in steps
+            widest = max(page.width for page in shown.pages)
+            if widest <= width or cell <= MIN_DISPLAY_CELL:
+                break
+            cell = max(MIN_DISPLAY_CELL, int(cell * (width - 8) / widest))
+            shown = contact_sheet(
+                self.df.drop(columns=[c for c in self.df.columns if c.startswith("sheet_")]),
+                self.grid.x.column, self.grid.y.column, self.grid.page.column,
+                root=self.root, cell_width=cell, stack=bool(self.grid.stacked), title=self.title,
+                footer=bool(self.footer), min_font_size=self.style.min_size, cache=self.cache or False,
+            )  # fmt: skip
+        self._shown[width] = shown
+        return shown
+
     def _repr_png_(self) -> bytes:
         buf = io.BytesIO()
-        self.pages[0].save(buf, format="PNG", compress_level=1)
+        self.for_display().pages[0].save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
     def _repr_html_(self) -> str | None:
         """Every page with its caption ("page 2 of 3 · size 768x1344"), when there is more than one page
-        (a single page shows as its PNG alone: the same picture, half the notebook's bytes)."""
+        (a single page shows as its PNG alone: the same picture, half the notebook's bytes). Wide pages
+        are drawn again for the notebook's width (`for_display`); `.pages` and `save` keep full size."""
         if len(self.pages) < 2:
             return None
-        n = len(self.pages)
-        parts = [f"<div style='font:13px system-ui,sans-serif'><b>{html.escape(self.title)}</b> · {n} pages"]
-        for i, (page, meta) in enumerate(zip(self.pages, self.meta, strict=True)):
+        shown = self.for_display()
+        n = len(shown.pages)
+        parts = [f"<div style='font:13px system-ui,sans-serif'><b>{html.escape(shown.title)}</b> · {n} pages"]
+        for i, (page, meta) in enumerate(zip(shown.pages, shown.meta, strict=True)):
             buf = io.BytesIO()
             page.save(buf, format="PNG", compress_level=1)
             data = base64.b64encode(buf.getvalue()).decode("ascii")
@@ -110,12 +136,13 @@ class ContactSheet:
             out.append(target)
         return out
 
-    def to_html(self, path: str | os.PathLike[str]) -> Path:
+    def to_html(self, path: str | os.PathLike[str], *, portable: bool = False) -> Path:
         """Write one self-contained HTML file: embedded thumbnails, hover for parameters, click for the
-        full image (linked relative to the HTML file)."""
+        full image (linked relative to the HTML file; `portable`: copied into ``<name>_files/`` beside it,
+        so the two move together)."""
         from zlab.sheet.html import write_html
 
-        return write_html(self, path)
+        return write_html(self, path, portable=portable)
 
 
 def _aspects(placed: pd.DataFrame, paths: Sequence[Path | None]) -> list[float]:
@@ -321,9 +348,10 @@ def sheet_from_run_dir(
     page: str | None = None,
     out: str | os.PathLike[str] | None = None,
     html: bool = False,
+    portable: bool = False,
     **kw: Any,
 ) -> list[Path]:
-    """`zlab sheet DIR --x COL [--y COL] [--page COL] [--out FILE] [--html]`: draw DIR/results.parquet.
+    """`zlab sheet DIR --x COL [--y COL] [--page COL] [--out FILE] [--html [--portable]]`: draw DIR/results.parquet.
 
     Writes ``DIR/sheet.png`` by default (``sheet-1.png``, … when it pages) and, with `html`, an HTML
     sheet beside it. Returns the paths written.
@@ -341,10 +369,10 @@ def sheet_from_run_dir(
     sheet = contact_sheet(df, x, y, page, root=run_dir, **kw)
     target = Path(out) if out is not None else run_dir / "sheet.png"
     if target.suffix.lower() == ".html":
-        return [sheet.to_html(target)]
+        return [sheet.to_html(target, portable=portable)]
     written = sheet.save(target)
     if html:
-        written.append(sheet.to_html(target.with_suffix(".html")))
+        written.append(sheet.to_html(target.with_suffix(".html"), portable=portable))
     return written
 
 

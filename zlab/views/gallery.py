@@ -124,6 +124,7 @@ class Gallery(anywidget.AnyWidget):
                 self._send_full(int(content["i"]))
             elif kind == "pick":
                 self.pick(content["key"], favourite=content.get("favourite"), rating=content.get("rating"))
+                self.send({"type": "picked", "key": content["key"]})  # the browser stops waiting for an answer
             elif kind == "rerun":
                 seed = content.get("seed")
                 self.rerun(content["key"], int(seed) if seed not in (None, "") else None)

@@ -30,7 +30,7 @@ from PIL import Image
 from zlab.core.request import Request
 from zlab.core.table import is_bookkeeping, norm_value, request_from_row
 from zlab.errors import ValidationError, ZlabError
-from zlab.runs.tables import open_results, read_picks, set_pick, sheet_axes, varying_columns, with_picks, write_results
+from zlab.runs.tables import open_results, read_picks, set_pick, sheet_axes, varying_columns, with_picks
 from zlab.sheet import VaryingColumnsError, thumbs
 from zlab.sheet.cells import Grid, assign, placeholder_reason, stack_caption
 from zlab.sheet.layout import axis_label, format_value
@@ -308,9 +308,7 @@ class GalleryModel:
         new = res.df.assign(**extra) if extra else res.df
         merged = pd.concat([self.rows, new], ignore_index=True)
         merged = merged.drop_duplicates("key", keep="last").reset_index(drop=True)
-        merged.attrs = dict(self.rows.attrs)
-        # The run wrote a results.parquet of its own cell only: put the whole table back.
-        write_results(merged, self.root)
+        merged.attrs = dict(self.rows.attrs)  # (the run itself added the cell to results.parquet)
         self._load(merged)
         self.set_axes(self.x, self.y, self.page)
         return str(new["key"].iat[0])
