@@ -101,8 +101,9 @@ def run_dir_of(name: str, **params) -> str:
     space: dict = {"client": _Unpriced()}
     exec(code[0], space)
     space.update(params)
-    exec("from zlab import LoRA, Request, Sweep", space)
-    exec(next(c for c in code if "Sweep(" in c), space)
+    exec("from zlab import LoRA, Request, ScaleSpec, Sweep", space)
+    planned = next(c for c in code if "Sweep(" in c or "ScaleSpec." in c)  # the cell that names the run directory
+    exec("\n".join(line for line in planned.splitlines() if not line.startswith(("found =", "print("))), space)
     exec(next(line for c in code for line in c.splitlines() if line.startswith("run_dir =")), space)
     return space["run_dir"]
 

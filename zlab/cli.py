@@ -391,7 +391,6 @@ def _serve(args: argparse.Namespace) -> int:
     if args.backend == "diffusers":
         from zlab.server import diffusers_backend as db
 
-        _check_model(args.model)  # before a load that takes seconds to minutes
         problem = db.missing_local_extra()
         if problem:
             raise errors.ConfigError(problem)
@@ -403,6 +402,7 @@ def _serve(args: argparse.Namespace) -> int:
             args.offload,
             compile=args.compile,
         )
+        _check_model(args.model)  # after the settings' own checks, before a load that takes seconds to minutes
         renderer = db.load_renderer(settings, say=lambda line: print(line, file=sys.stderr, flush=True))
     serve(
         renderer=renderer,

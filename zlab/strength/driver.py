@@ -21,6 +21,8 @@ Spec (a YAML file for `zlab find-scale`, or a mapping)::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -119,6 +121,13 @@ class ScaleSpec:
         from zlab.runs.yamlfile import load_yaml
 
         return cls.from_dict(load_yaml(Path(path), "find-scale file"), source=str(path))
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of everything the search depends on: the same spec, the same fingerprint (e.g. to name a
+        run directory so that a search with other settings never shares another's record)."""
+        fields = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(fields.encode()).hexdigest()
 
     def request(self, seed: int, lora: LoRA | None) -> Request:
         """The request of one probe: the spec's prompt and size at `seed`, with `lora` (None: the baseline)."""
