@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 
 .venv:
-	python3.11 -m venv .venv && .venv/bin/pip install -q -e ".[test,local]" torch==2.13.0
+	python3.11 -m venv .venv && .venv/bin/pip install -q -e ".[test,local,metrics]" torch==2.14.1 torchvision==0.29.1
 
 test: .venv
 	.venv/bin/pytest -q
