@@ -40,8 +40,10 @@ def test_other_concurrencies_are_refused(bad):
         ("auto", 2, 0, 0, False),
         ("auto", 2, 2, 0, True),  # both started: the service has room, or will once they end
         ("auto", 4, 2, 0, False),  # two running, two queued
-        ("auto", 6, 2, 2, False),  # two being downloaded no longer hold a place at the service
-        ("auto", 5, 2, 2, True),
+        ("auto", 6, 2, 2, True),  # two being downloaded: not at the service, but just ran there
+        ("auto", 8, 2, 2, False),
+        ("auto", 3, 0, 2, True),  # jobs that end before anyone sees them run still show the service's room
+        ("auto", 4, 0, 2, False),
         ("auto", 63, 32, 0, True),  # the headroom grows with what runs
         ("auto", 64, 32, 0, False),
         ("auto", 256, 250, 0, False),  # never past the ceiling

@@ -78,10 +78,14 @@ def headroom(running: int) -> int:
 
 
 def may_send(policy: Concurrency, now: InFlight) -> bool:
-    """Whether one more cell may be submitted now."""
+    """Whether one more cell may be submitted now.
+
+    Under `auto`, jobs being collected count towards the headroom as if running: the service ran them
+    just now, and with jobs that finish almost at once (a fast or idle service) nothing is ever seen
+    running, so without them the headroom would stay at its minimum and the service wait for us."""
     if policy != "auto":
         return now.held < policy
-    return now.held < MAX_IN_FLIGHT and now.waiting < headroom(now.running)
+    return now.held < MAX_IN_FLIGHT and now.waiting < headroom(now.running + now.collecting)
 
 
 def describe(policy: Concurrency) -> str:
