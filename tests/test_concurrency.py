@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import statistics
 import threading
 
 import pytest
-from PIL import Image
+from gates import Gate
 from waiting import wait_for
 
 from zlab import errors
@@ -18,7 +17,6 @@ from zlab.core.concurrency import InFlight, Limiter, headroom, may_send, parse_c
 from zlab.core.request import LoRA, Request
 from zlab.runs.sweep import Sweep
 from zlab.server import LocalServer
-from zlab.server.backend import Rendered
 from zlab.testing.queuesim import Scenario, ideal, simulate
 
 
@@ -146,29 +144,6 @@ def test_a_shrinking_service_gets_fewer_jobs_in_flight():
 # On the local server: a freed slot is taken by a queued job at once ---------------------------------
 
 
-class Gate:
-    """A renderer whose jobs end when the test opens their gate (by seed): job ends are events, not times."""
-
-    name = "gate"
-
-    def __init__(self, capacity: int, seeds: range) -> None:
-        self.capacity = capacity
-        self.gates = {seed: threading.Event() for seed in seeds}
-
-    async def render(self, request: Request) -> Rendered:
-        await asyncio.to_thread(self.gates[request.seed].wait)
-        out = io.BytesIO()
-        Image.new("RGB", (request.width, request.height), (40, 90, 160)).save(out, "PNG")
-        return Rendered(out.getvalue())
-
-    def describe(self) -> dict[str, str]:
-        return {"backend": "gate"}
-
-    def close(self) -> None:
-        for gate in self.gates.values():
-            gate.set()
-
-
 def test_auto_keeps_the_service_busy_between_a_finish_and_the_next_submit(tmp_path):
     base = Request("t3chnic4lly a fox", loras=[LoRA("a/b", 1.0)], width=256, height=256, seed=1)
     sweep = Sweep(base, axes={"seed": list(range(8))})
@@ -197,7 +172,7 @@ def test_auto_keeps_the_service_busy_between_a_finish_and_the_next_submit(tmp_pa
                 )
                 queued = count("in_queue")
                 first = min(seed for seed, state in states().items() if state == "in_progress")
-                gate.gates[first].set()
+                gate.open(first)
                 wait_for(lambda first=first: states()[first] == "succeeded")
                 if queued:  # the service started a queued job as this one ended: no slot waited for a submit
                     assert count("in_progress") == 2

@@ -7,23 +7,21 @@ pure functions, checked directly.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
+from gates import Gate
 from waiting import wait_for
 
-from zlab.core.request import MODEL_ID, Request
+from zlab.core.request import MODEL_ID
 from zlab.errors import ConfigError
 from zlab.server import LocalServer
-from zlab.server.backend import Rendered
 from zlab.server.regime import (
     Regime,
     arrival_gap,
@@ -67,30 +65,6 @@ def test_capacity_grows_on_schedule() -> None:
         # The second and third job waited for the step, however late they were sent (no time window).
         assert all(job.started_at is not None and job.started_at >= step - 0.05 for job in jobs[1:3])
         assert jobs[0].started_at is not None and jobs[0].started_at - jobs[0].created_at < 1  # not at the step
-
-
-class Gate:
-    """A renderer whose jobs end when the test opens their gate (by seed): job ends are events, not times."""
-
-    name = "gate"
-
-    def __init__(self, capacity: int, seeds: range) -> None:
-        self.capacity = capacity
-        self.gates = {seed: threading.Event() for seed in seeds}
-
-    async def render(self, request: Request) -> Rendered:
-        await asyncio.to_thread(self.gates[request.seed].wait)
-        return Rendered(b"done")
-
-    def open(self, seed: int) -> None:
-        self.gates[seed].set()
-
-    def describe(self) -> dict[str, str]:
-        return {"backend": "gate"}
-
-    def close(self) -> None:
-        for gate in self.gates.values():
-            gate.set()
 
 
 def test_a_shrinking_capacity_lets_running_jobs_finish_and_starts_no_more() -> None:
