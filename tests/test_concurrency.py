@@ -94,6 +94,21 @@ def test_the_limiter_admits_a_waiting_submit_when_woken_by_a_start():
     assert asyncio.run(scenario()) == ["in 0", "in 1", "in 2", "in 3", "four in, one waits", "in 4"]
 
 
+def test_a_cancelled_waiter_takes_no_place():
+    async def scenario() -> int:
+        limiter = Limiter(2, lambda: (0, 0, 0))
+        async with limiter, limiter:
+            waiting = asyncio.create_task(limiter.__aenter__())
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        async with limiter:  # both places free again, and the cancelled waiter is not admitted later
+            return limiter.held
+
+    assert asyncio.run(scenario()) == 1
+
+
 # On the simulator: every regime, capacities 2 and 8 (targets of issue 22) ----------------------------
 
 REGIMES = {

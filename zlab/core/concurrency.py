@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import math
 from collections.abc import Callable
@@ -101,28 +102,42 @@ class Limiter:
 
     `count()` reports the caller's jobs running, being collected and overdue (see `InFlight`; the
     runner reads its own tracks); `wake()` is called whenever one of them changes phase, so a waiting
-    submit re-checks at once rather than on a timer. Single event loop; no locks needed.
+    submit re-checks at once rather than on a timer. Waiters are admitted first come, first served,
+    and only as many as the policy allows are woken (a sweep of 20,000 cells has as many waiting: waking
+    them all on every phase change would cost O(cells) each time). Single event loop; no locks needed.
     """
 
     def __init__(self, policy: Concurrency, count: Callable[[], tuple[int, int, int]]) -> None:
         self.policy = policy
         self._count = count
         self.held = 0
-        self._changed = asyncio.Event()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def wake(self, *_: object) -> None:
-        """Something changed: every waiting submit re-checks."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Something changed: admit waiting submits while the policy allows (oldest first)."""
+        while self._waiters and may_send(self.policy, self.in_flight()):
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # a waiter cancelled meanwhile is skipped
+                self.held += 1  # its place is taken now, so the next check counts it
+                waiter.set_result(None)
 
     def in_flight(self) -> InFlight:
         """The numbers the policy decides on, now."""
         return InFlight(self.held, *self._count())
 
     async def __aenter__(self) -> Limiter:
-        while not may_send(self.policy, self.in_flight()):
-            await self._changed.wait()
-        self.held += 1
+        if not self._waiters and may_send(self.policy, self.in_flight()):
+            self.held += 1
+            return self
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # admitted just as it was cancelled: give it back
+                self.held -= 1
+                self.wake()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
