@@ -11,7 +11,7 @@ import pytest
 from gates import Gate
 from waiting import wait_for
 
-from zlab import errors
+from zlab import cli, errors
 from zlab.client import Client
 from zlab.core.concurrency import InFlight, Limiter, headroom, may_send, parse_concurrency
 from zlab.core.request import LoRA, Request
@@ -197,3 +197,18 @@ def test_auto_keeps_the_service_busy_between_a_finish_and_the_next_submit(tmp_pa
     result = done["result"]
     assert result.ok and len(srv.stats.submissions) == 8  # type: ignore[attr-defined]
     assert any("concurrency auto" in line for line in lines), lines
+
+
+def test_the_command_runs_auto_by_default_and_takes_a_cap(tmp_path, monkeypatch, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text('prompt: "t3chnic4lly fox"\nwidth: 256\nheight: 256\nseed: 1\naxes: {seed: [1, 2, 3]}\n')
+    with LocalServer(latency=0.01) as srv:
+        monkeypatch.setenv("ZLAB_BASE_URL", srv.base_url)
+        assert cli.main(["run", str(spec), "--out", str(tmp_path / "a"), "--dry-run"]) == 0
+        assert "at concurrency auto" in capsys.readouterr().err
+        assert cli.main(["run", str(spec), "--out", str(tmp_path / "b"), "--concurrency", "3", "--dry-run"]) == 0
+        assert "at concurrency 3" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as refused:
+            cli.main(["run", str(spec), "--out", str(tmp_path / "c"), "--concurrency", "0"])
+        assert refused.value.code == 2 and "auto or an integer" in capsys.readouterr().err
+        assert srv.stats.calls.get("submit", 0) == 0
