@@ -196,7 +196,7 @@ def scale_section(quick: bool, say: Any) -> tuple[list[dict[str, Any]], list[str
          "notes": "baseline: the sweep's own first 1,000 cells"},
         {"section": 8, "figure": f"resident memory at the last block vs the first ({result['cells']:,} cells)",
          "zlab": round(mem[-1]) if mem else math.nan, "baseline": round(mem[0]) if mem else math.nan, "unit": "MB",
-         "ratio": f"+{mem[-1] - mem[0]:.0f} MB" if mem else "", "target": "<= +50 MB (flat)",
+         "ratio": f"{mem[-1] - mem[0]:+.0f} MB" if mem else "", "target": "<= +50 MB (flat)",
          "met": bool(mem) and mem[-1] - mem[0] <= 50, "notes": ""},
         {"section": 8, "figure": f"open the finished run ({result['cells']:,} cells) as a gallery model",
          "zlab": round(result["open"], 2), "baseline": math.nan, "unit": "s", "ratio": "", "target": "< 2 s",
