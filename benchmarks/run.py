@@ -9,7 +9,9 @@ whether zlab met it ("missed" rows are reported, never tuned away). Sections:
 4. contact sheet against a matplotlib grid               (bench_sheet)
 5. rerunning a finished sweep                            (bench_sweep)
 6. synthetic backend speed and client overhead           (bench_backend)
-7. polling under every queue regime, simulated and on the local server (bench_polling)
+7. polling under every queue regime, simulated and on the local server (bench_polling), with the
+   automatic concurrency beside concurrency = capacity and all queued, and auto at 2, 8, 32 slots
+8. scale: a long sweep at zero latency, time and memory per 1,000 cells; the gallery's open time (bench_scale)
 
 `--quick` runs smaller versions of everything (about a minute); the full run takes a few minutes.
 See benchmarks/README.md for what each row measures and how.
@@ -34,11 +36,12 @@ sys.path.insert(0, str(HERE))  # the bench_* modules sit beside this file
 
 import bench_backend  # noqa: E402
 import bench_polling  # noqa: E402
+import bench_scale  # noqa: E402
 import bench_sheet  # noqa: E402
 import bench_sweep  # noqa: E402
 
 SECTIONS = {1: "sweep vs ideal", 2: "polling", 3: "naive loop", 4: "contact sheet", 5: "rerun", 6: "backend & overhead",
-            7: "polling regimes"}
+            7: "polling regimes", 8: "scale"}
 
 
 def machine() -> dict[str, str]:
@@ -154,9 +157,11 @@ def regime_section(polling: dict[str, Any]) -> tuple[list[dict[str, Any]], list[
                 continue
             fixed = next((g for g in polling["figures"] if (g.regime, g.mode, g.stand, g.contender)
                           == (f.regime, f.mode, f.stand, "fixed 0.25 s")), None)
-            all_queued = f.mode == "all queued"
-            target = ((f"<= {reg.wall_target:g}× · <= {reg.calls_target:g} calls · <= 10% lag" if all_queued
-                       else "<= 1.25×") if reg.targeted else "report")
+            if f.mode == "all queued":
+                target = f"<= {reg.wall_target:g}× · <= {reg.calls_target:g} calls · <= 10% lag"
+            else:
+                target = "<= 1.05× · <= 4.5 calls" if f.mode == "auto" else "<= 1.25×"
+            target = target if reg.targeted else "report"
             rows.append({
                 "section": 7, "figure": f"{reg.name}, {f.mode} ({stand})", "zlab": round(f.wall_x, 3),
                 "baseline": round(fixed.wall_x, 3) if fixed else math.nan, "unit": "× ideal",
@@ -169,9 +174,35 @@ def regime_section(polling: dict[str, Any]) -> tuple[list[dict[str, Any]], list[
           "(ms, % of the run time). Method: [bench_polling.py](bench_polling.py).", "",
           "### Simulated (`zlab.testing.queuesim`, 64 cells, 8 slots, 0.5 s jobs; means over seeds where random)", "",
           *polling["simulated"]]
+    md += ["", "### The automatic concurrency at 2, 8 and 32 slots (simulated, 64 cells; × ideal and calls/image)", "",
+           *polling["capacities"]]
     if polling["server"]:
         md += ["", f"### Local server ({polling['cells']} cells, the server in its own process)", "",
                *polling["server"]]
+    return rows, md
+
+
+def scale_section(quick: bool, say: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Section 8: a long sweep's cost per 1,000 cells, first block against the last (flat is the target)."""
+    result = bench_scale.run(quick)
+    blocks = [s for _, s, _ in result["blocks"]]
+    mem = [mb for _, _, mb in result["blocks"]]
+    say(f"    {result['cells']} cells in {result['run']['total']:.1f} s")
+    growth = blocks[-1] / blocks[0] if blocks else math.nan
+    rows = [
+        {"section": 8, "figure": f"seconds per 1,000 cells, last block vs first ({result['cells']:,} cells, latency 0)",
+         "zlab": round(blocks[-1], 2) if blocks else math.nan, "baseline": round(blocks[0], 2) if blocks else math.nan,
+         "unit": "s", "ratio": f"{growth:.2f}× the first block", "target": "<= 1.3× (flat)", "met": growth <= 1.3,
+         "notes": "baseline: the sweep's own first 1,000 cells"},
+        {"section": 8, "figure": f"resident memory at the last block vs the first ({result['cells']:,} cells)",
+         "zlab": round(mem[-1]) if mem else math.nan, "baseline": round(mem[0]) if mem else math.nan, "unit": "MB",
+         "ratio": f"{mem[-1] - mem[0]:+.0f} MB" if mem else "", "target": "<= +50 MB (flat)",
+         "met": bool(mem) and mem[-1] - mem[0] <= 50, "notes": ""},
+        {"section": 8, "figure": f"open the finished run ({result['cells']:,} cells) as a gallery model",
+         "zlab": round(result["open"], 2), "baseline": math.nan, "unit": "s", "ratio": "", "target": "< 2 s",
+         "met": result["open"] < 2, "notes": ""},
+    ]
+    md = ["", "## Scale (section 8)", "", "Method: [bench_scale.py](bench_scale.py).", "", *bench_scale.table(result)]
     return rows, md
 
 
@@ -188,20 +219,23 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     say(f"zlab benchmarks ({'quick' if args.quick else 'full'}) on {info['cpu']}, {info['cores']} cores, "
         f"Python {info['python']}")
-    say("[1-3, 5/7] sweeps against the local server ...")
+    say("[1-3, 5/8] sweeps against the local server ...")
     sweep_rows, contenders, settings = bench_sweep.run(args.quick, say=say)
-    say("[4/7] contact sheet vs the decode floor and matplotlib (bench_sheet) ...")
+    say("[4/8] contact sheet vs the decode floor and matplotlib (bench_sheet) ...")
     sheet_rows = [{"section": 4, **r} for r in bench_sheet.run(args.quick)]
     for r in sheet_rows:
         say(f"    {r['figure']}: zlab {r['zlab']} {r['unit']}, matplotlib {r['baseline']} {r['unit']}")
         if isinstance(r["ratio"], int | float):
             r["ratio"] = f"{r['ratio']:g}× (baseline / zlab)"
-    say("[6/7] synthetic backend and client overhead ...")
+    say("[6/8] synthetic backend and client overhead ...")
     backend_rows = bench_backend.run(args.quick, say=say)
-    say("[7/7] polling under every queue regime (bench_polling) ...")
+    say("[7/8] polling under every queue regime (bench_polling) ...")
     polling = bench_polling.run(args.quick, say=say)
     regime_rows, regime_md = regime_section(polling)
-    rows = sorted(sweep_rows + sheet_rows + backend_rows + regime_rows, key=lambda r: r["section"])
+    say("[8/8] scale: a long sweep at zero latency (bench_scale) ...")
+    scale_rows, scale_md = scale_section(args.quick, say)
+    regime_md += scale_md
+    rows = sorted(sweep_rows + sheet_rows + backend_rows + regime_rows + scale_rows, key=lambda r: r["section"])
     took = time.perf_counter() - start
     print()
     print_table(rows)

@@ -88,7 +88,7 @@ def test_wait_has_a_deadline_and_generate_cancels_a_queued_job():
         start = time.monotonic()
         with pytest.raises(errors.WaitTimeout) as info:
             first.wait(timeout=0.3)
-        assert time.monotonic() - start < 1.5 and info.value.request_id == first.request_id
+        assert time.monotonic() - start < 5 and info.value.request_id == first.request_id  # not the 5 s job's end
         with pytest.raises(errors.WaitTimeout, match="cancel outcome: cancelled"):
             client.generate(SMALL.replace(seed=9), timeout=0.3)
 

@@ -83,7 +83,8 @@ def unknown_ids(stats, unknown):
 
 
 def test_sigint_cancels_queued_jobs_and_a_rerun_collects_the_rest(tmp_path):
-    with LocalServer(latency=1.5, capacity=4) as srv:
+    # The first wave runs cold (8 s): a busy machine's slow Ctrl-C cannot let it finish and start queued jobs.
+    with LocalServer(latency=1.0, capacity=4, cold_factor=8) as srv:
         proc = start_run(tmp_path, srv, "--concurrency", "12")
         wait_for(lambda: len(srv.stats.submissions) == 12)
         time.sleep(0.3)
@@ -94,7 +95,7 @@ def test_sigint_cancels_queued_jobs_and_a_rerun_collects_the_rest(tmp_path):
         states = [job.state for job in srv.stats.jobs.values()]
         df = pd.read_parquet(tmp_path / "run" / "results.parquet")
 
-        assert proc.returncode == 130 and stopped_in < 5, err
+        assert proc.returncode == 130 and stopped_in < 8, err  # before the running jobs end
         assert states.count("cancelled") == 8 and "8 queued job(s) cancelled" in err
         assert (df.status == "cancelled").sum() == 8 and (df.status == "pending").sum() == 4
 

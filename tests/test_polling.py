@@ -299,3 +299,26 @@ def test_zlab_beats_a_fixed_quarter_second_poller_on_calls_and_lag():
     ours, fixed = simulate(sc), simulate(sc, "fixed", interval=0.25)
     assert ours.polls_per_image < fixed.polls_per_image / 2
     assert ours.median_lag < fixed.median_lag
+
+
+def test_listeners_hear_every_phase_change_and_nothing_else():
+    pacer, heard = Pacer(), []
+    pacer.listeners.append(lambda t: heard.append(t.phase))
+    track = Track(1.0, sent=0.99)
+    pacer.register(track)
+    pacer.saw(track, 1.0, 1.01, "queued", 3)
+    pacer.saw(track, 1.2, 1.21, "queued", 1)  # the same phase: no news for a limiter
+    pacer.saw(track, 1.4, 1.41, "running")
+    pacer.saw(track, 1.9, 1.91, "running", endpoint="result")  # an early answer
+    pacer.saw(track, 2.0, 2.01, "succeeded", endpoint="result", created=EPOCH + 1.0, finished=EPOCH + 1.9)
+    assert heard == ["queued", "running", "finished"]
+
+
+def test_a_running_job_past_its_expected_end_is_overdue():
+    pacer = learned(0.5)
+    track = Track(10.0, sent=9.999)
+    pacer.register(track)
+    pacer.saw(track, 10.0, 10.001, "running")
+    assert not pacer.overdue(track, 10.3)
+    assert pacer.overdue(track, 10.6)
+    assert not Pacer().overdue(track, 99.0)  # nothing learned: never assumed finished

@@ -16,6 +16,7 @@ import time
 
 import httpx
 import pytest
+from gates import Gate
 from waiting import wait_for
 
 from zlab.core.request import MODEL_ID
@@ -52,26 +53,40 @@ def planned(srv: LocalServer, ids: list[str]) -> list[float]:
 
 
 def test_capacity_grows_on_schedule() -> None:
-    with LocalServer(latency=60, capacity="1,3@0.2") as srv, httpx.Client(base_url=srv.base_url) as api:
+    with LocalServer(latency=60, capacity="1,3@0.5") as srv, httpx.Client(base_url=srv.base_url) as api:
         ids = [submit(api, seed) for seed in range(4)]
-        assert statuses(api, ids) == ["in_progress", "in_queue", "in_queue", "in_queue"]
         wait_for(lambda: statuses(api, ids) == ["in_progress"] * 3 + ["in_queue"])
         assert api.get(f"/v1/requests/{ids[3]}/status").json()["queue_position"] == 0
-        assert (srv.capacity, srv.regime.capacity_steps) == (1, ((0.2, 3),))
+        assert (srv.capacity, srv.regime.capacity_steps) == (1, ((0.5, 3),))
         started = srv.stats.started_mono
         assert started is not None and started <= time.monotonic()
+        step = time.time() - (time.monotonic() - started) + 0.5  # t = 0.5 s on the wall clock
+        jobs = [srv.stats.jobs[rid] for rid in ids]
+        # The second and third job waited for the step, however late they were sent (no time window).
+        assert all(job.started_at is not None and job.started_at >= step - 0.05 for job in jobs[1:3])
+        assert jobs[0].started_at is not None and jobs[0].started_at - jobs[0].created_at < 1  # not at the step
 
 
 def test_a_shrinking_capacity_lets_running_jobs_finish_and_starts_no_more() -> None:
-    # The first job runs cold (0.5 s), the second 0.1 s; capacity drops from 2 to 1 at t = 0.05 s.
-    settings = {"latency": 0.1, "capacity": "2,1@0.05", "cold_factor": 5, "cold_jobs": 1}
-    with LocalServer(**settings) as srv, httpx.Client(base_url=srv.base_url) as api:
+    gate = Gate(capacity=2, seeds=range(3))
+    with LocalServer(renderer=gate) as srv, httpx.Client(base_url=srv.base_url) as api:
         ids = [submit(api, seed) for seed in range(3)]
         assert statuses(api, ids) == ["in_progress", "in_progress", "in_queue"]
-        wait_for(lambda: all(srv.stats.jobs[rid].finished_at for rid in ids))
-        jobs = [srv.stats.jobs[rid] for rid in ids]
-        # With 2 slots the third job would start when the second finishes; with 1 it waits for the first.
-        assert jobs[1].finished_at < jobs[0].finished_at <= jobs[2].started_at
+        srv.set_capacity(1)
+        gate.open(1)
+        wait_for(lambda: statuses(api, ids)[1] == "completed")
+        # With 2 slots the third job would have started as the second finished; with 1 it waits for the first.
+        assert statuses(api, ids) == ["in_progress", "completed", "in_queue"]
+        gate.open(0)
+        wait_for(lambda: statuses(api, ids) == ["completed", "completed", "in_progress"])
+        srv.set_capacity(3)  # growing starts nothing that is not queued, and breaks nothing running
+        gate.open(2)
+        wait_for(lambda: statuses(api, ids) == ["completed"] * 3)
+
+
+def test_a_capacity_below_one_is_refused() -> None:
+    with LocalServer(latency=0.01) as srv, pytest.raises(ConfigError, match="capacity"):
+        srv.set_capacity(0)
 
 
 @pytest.mark.parametrize(("cold_jobs", "expected"), [(None, [0.15, 0.15, 0.05, 0.05]), (1, [0.15, 0.05, 0.05, 0.05])])

@@ -115,15 +115,13 @@ def test_the_synthetic_mark_sits_in_the_bottom_right_corner() -> None:
     assert not np.array_equal(pixels(one.crop(outside)), pixels(other.crop(outside)))
 
 
-def test_a_full_size_image_renders_and_encodes_in_well_under_100_ms() -> None:
+def test_a_full_size_image_renders_and_encodes_at_its_size() -> None:
+    # How fast is measured beside a baseline in benchmarks/bench_scale.py (the synthetic render), not timed here.
     big = Request("t3chnic4lly a woman under a tree", loras=[LoRA(DEFAULT_LORA_PATH, 0.8)], seed=1)
     assert (big.width, big.height) == (1024, 1536)
-    timings = []
-    for _ in range(3):
-        started = time.perf_counter()
-        render_png(big)
-        timings.append(time.perf_counter() - started)
-    assert min(timings) < 0.1, timings
+    with Image.open(io.BytesIO(render_png(big))) as image:
+        assert image.format == "PNG" and image.size == (1024, 1536)
+        assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(render(big).convert("RGB")))
 
 
 def test_bomb_png_is_tiny_and_declares_a_huge_image() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from zlab import errors
+from zlab.core.concurrency import parse_concurrency
 
 BAD_INPUT = (errors.ValidationError, errors.ConfigError, errors.BudgetExceeded)
 BUSY = 5
@@ -67,6 +68,14 @@ def _usd(text: str) -> float:
     return value
 
 
+def _concurrency(text: str) -> int | str:
+    """An argparse type: "auto" or an integer from 1 to 256."""
+    try:
+        return parse_concurrency(text)
+    except errors.ValidationError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give auto or an integer from 1 to 256") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zlab", description="Sweep, compare and report Z-Image Turbo LoRAs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -74,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run (or resume) a sweep file into a run directory")
     run.add_argument("spec", help="the sweep file (YAML)")
     run.add_argument("--out", help="run directory (default: runs/<spec name>); rerunning into it resumes")
-    run.add_argument("--concurrency", type=int, default=8, help="jobs in flight at once (default 8)")
+    run.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default="auto",
+        help="jobs in flight: a number (a hard cap) or auto (default: those running at the service + as many queued)",
+    )
     run.add_argument("--budget", type=_usd, help="refuse to start if the estimate exceeds this many USD")
     run.add_argument("--dry-run", action="store_true", help="print the plan and send nothing")
     run.add_argument(

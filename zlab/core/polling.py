@@ -35,14 +35,14 @@ import dataclasses
 import itertools
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import Literal
+
+from zlab.core.runtimes import Bound, Estimate, extrapolate, from_bounds, size_key
 
 Endpoint = Literal["status", "result"]
 TrackPhase = Literal["unknown", "queued", "running", "finished"]
 SeenPhase = Literal["queued", "running", "completed", "succeeded", "failed", "cancelled"]
-
-_ANY_SIZE = -1.0  # the size class of jobs whose size the caller did not say
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -78,25 +78,6 @@ class Poll:
 
     at: float
     endpoint: Endpoint
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Bound:
-    """A finished job's run time lies in [low, high] seconds, most likely `likely` (from its estimated
-    start); `started` (caller's clock) dates it."""
-
-    low: float
-    high: float
-    likely: float
-    started: float
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Estimate:
-    """A run time for one image size; `confirmed` once a job that started after the first finish agreed."""
-
-    seconds: float
-    confirmed: bool
 
 
 @dataclasses.dataclass(slots=True)
@@ -143,6 +124,9 @@ class Pacer:
     frontier_starts: int = 0
     _classes: dict[float, _SizeClass] = dataclasses.field(default_factory=dict)
     _order: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
+    # Called with a track whenever an answer changed its phase (e.g. a sweep's limiter: a job seen
+    # running leaves room for the next submit). Kept off the planner's decisions.
+    listeners: list[Callable[[Track], None]] = dataclasses.field(default_factory=list)
 
     # -- the registry of live jobs ------------------------------------------------------------
 
@@ -176,24 +160,33 @@ class Pacer:
             return 0
         return 1 if self.min_position >= 1 and self.frontier_starts >= 3 else 0
 
+    def overdue(self, track: Track, now: float) -> bool:
+        """Whether `track`, seen running, is past its expected end: most likely it has finished and its
+        slot went to the next queued job (its /result, due about now, will tell)."""
+        if track.phase != "running":
+            return False
+        est = self.estimate(track.megapixels)
+        started = track.started if track.started is not None else track.submitted
+        return est is not None and now >= self._due(started, est.seconds)
+
     def estimate(self, megapixels: float | None) -> Estimate | None:
         """The run time for a job of `megapixels`, or None before anything finished."""
-        key = _size_key(megapixels)
+        key = size_key(megapixels)
         own = self._classes.get(key)
         if own is not None and own.bounds:
-            return Estimate(_from_bounds(own.bounds, self.intersect_min), own.confirmed)
-        known = [(k, _from_bounds(c.bounds, self.intersect_min)) for k, c in self._classes.items() if c.bounds]
+            return Estimate(from_bounds(own.bounds, self.intersect_min), own.confirmed)
+        known = [(k, from_bounds(c.bounds, self.intersect_min)) for k, c in self._classes.items() if c.bounds]
         if not known:
             return None
-        return Estimate(_extrapolate(known, key), False)
+        return Estimate(extrapolate(known, key), False)
 
     def _learn(self, track: Track, bound: Bound, finished: float) -> None:
-        cls = self._classes.setdefault(_size_key(track.megapixels), _SizeClass())
+        cls = self._classes.setdefault(size_key(track.megapixels), _SizeClass())
         if cls.first_finish is None:
             cls.first_finish = finished
         elif not cls.confirmed and bound.started >= cls.first_finish - 1e-6:
             cls.confirmed = True
-            old = _from_bounds(cls.bounds, self.intersect_min)
+            old = from_bounds(cls.bounds, self.intersect_min)
             if not old / 1.5 <= bound.likely <= old * 1.5:
                 cls.bounds.clear()  # the first wave ran differently (a cold start): forget it
         cls.bounds.append(bound)
@@ -244,6 +237,24 @@ class Pacer:
         `created`/`finished` are the server's timestamps (epoch seconds) from a finished /result.
         Returns True when the other waiters should re-plan (a finish, or the frontier moved).
         """
+        before = track.phase
+        wake = self._saw(track, sent, received, phase, position, endpoint, created, finished)
+        if track.phase != before:
+            for listener in list(self.listeners):
+                listener(track)
+        return wake
+
+    def _saw(
+        self,
+        track: Track,
+        sent: float,
+        received: float,
+        phase: SeenPhase,
+        position: int | None,
+        endpoint: Endpoint,
+        created: float | None,
+        finished: float | None,
+    ) -> bool:
         track.polls += 1
         track.last_poll = sent
         was_frontier = track.phase == "queued" and self.frontier() is track
@@ -405,7 +416,7 @@ class Pacer:
         running = [e for t in self.live.values() if t.phase == "running" and (e := self.estimate(t.megapixels))]
         if not running:
             running = [
-                Estimate(_from_bounds(c.bounds, self.intersect_min), c.confirmed)
+                Estimate(from_bounds(c.bounds, self.intersect_min), c.confirmed)
                 for c in self._classes.values()
                 if c.bounds
             ]
@@ -444,8 +455,6 @@ class Pacer:
             scout = self._is_scout(track)
             if last < due:
                 return min(max(started + self.first_probe_s, last + self.probe_ratio * ran), due) if scout else due
-            if not scout:
-                return last + 2 * self.probe_ratio * ran
             if not track.early:
                 return due
         elif not track.early:
@@ -460,52 +469,13 @@ class Pacer:
 
     def _is_scout(self, track: Track) -> bool:
         """The earliest-started running job of its size since that size's first finish probes for all."""
-        key = _size_key(track.megapixels)
+        key = size_key(track.megapixels)
         cls = self._classes.get(key)
         since = cls.first_finish if cls is not None and cls.first_finish is not None else -math.inf
         mates = [
             t
             for t in self.live.values()
-            if t.phase == "running" and _size_key(t.megapixels) == key and (t.started or t.submitted) >= since - 1e-6
+            if t.phase == "running" and size_key(t.megapixels) == key and (t.started or t.submitted) >= since - 1e-6
         ]
         first = min(mates, key=lambda t: (t.started or t.submitted, t.order), default=None)
         return first is track
-
-
-def _size_key(megapixels: float | None) -> float:
-    return _ANY_SIZE if megapixels is None else round(megapixels, 3)
-
-
-def _from_bounds(bounds: Iterable[Bound], intersect_min: int) -> float:
-    """From the longest run of recent bounds that agree (if long enough): the upper end of their
-    intersection when it is narrow, else their typical likely value inside it. Otherwise (a jittery
-    server) the median likely value of recent bounds."""
-    recent = list(bounds)
-    low, high, n = -math.inf, math.inf, 0
-    for b in reversed(recent):
-        if max(low, b.low) > min(high, b.high):
-            break
-        low, high, n = max(low, b.low), min(high, b.high), n + 1
-    if n >= min(intersect_min, len(recent)):
-        if high - low <= max(0.05 * high, 0.01):
-            return high
-        return min(max(statistics.median(b.likely for b in recent[-n:][-15:]), low), high)
-    return statistics.median(b.likely for b in recent[-15:])
-
-
-def _extrapolate(known: list[tuple[float, float]], key: float) -> float:
-    """A run time for an unseen size, on the long side: a guess too short costs every job of that size
-    early answers, one too long only delays them until the size's scout finishes and wakes them.
-    Linear in megapixels through the known sizes (proportional with one), and never below a smaller
-    known size's."""
-    sized = [(k, v) for k, v in known if k != _ANY_SIZE]
-    if key == _ANY_SIZE or not sized:
-        return statistics.median(v for _, v in known)
-    if len({k for k, _ in sized}) == 1:
-        size, seconds = sized[0]
-        return seconds * max(1.0, key / size)
-    mean_x = statistics.fmean(k for k, _ in sized)
-    mean_y = statistics.fmean(v for _, v in sized)
-    slope = sum((k - mean_x) * (v - mean_y) for k, v in sized) / sum((k - mean_x) ** 2 for k, _ in sized)
-    floor = max((v for k, v in sized if k <= key), default=min(v for _, v in sized) * 0.25)
-    return max(floor, mean_y + slope * (key - mean_x))

@@ -28,6 +28,7 @@ import pandas as pd
 from zlab import errors
 from zlab.api import jobs
 from zlab.core import runplan
+from zlab.core.concurrency import Concurrency, Limiter, parse_concurrency
 from zlab.api.loop import say as _say
 from zlab.core.config import cache_root
 from zlab.core.polling import Track
@@ -74,7 +75,7 @@ async def run_sweep(
     sweep: Sweep,
     out: str | Path,
     *,
-    concurrency: int = 8,
+    concurrency: int | str = "auto",
     budget: float | None = None,
     dry_run: bool = False,
     progress: bool = True,
@@ -94,8 +95,7 @@ async def run_sweep(
     run with its result (`interrupted=True`) instead of re-raising the cancellation.
     """
     say = echo or _say
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 256:
-        raise errors.ValidationError("concurrency", concurrency, "an integer from 1 to 256")
+    concurrency = parse_concurrency(concurrency)  # "auto": what runs at the service + as many queued
     if not isinstance(cell_timeout, int | float) or not (0 < cell_timeout < math.inf):
         raise errors.ValidationError("cell_timeout", cell_timeout, "a number of seconds > 0")
     runplan.check_budget(0.0, budget, 0)  # a budget that is no number fails here, before anything
@@ -264,11 +264,17 @@ class _RunState:
     """The moving parts of one run (kept together so each step stays short)."""
 
     def __init__(
-        self, client: Service, run: RunDir, sweep: Sweep, concurrency: int, cell_timeout: float, cache: Cache | None
+        self,
+        client: Service,
+        run: RunDir,
+        sweep: Sweep,
+        concurrency: Concurrency,
+        cell_timeout: float,
+        cache: Cache | None,
     ) -> None:
         self.client, self.api, self.run, self.sweep = client, client.api, run, sweep
         self.ledger = run.ledger
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = Limiter(concurrency, self._at_service)  # woken by each phase change the pacer sees
         self.cell_timeout, self.cache = cell_timeout, cache
         self.on_image: Callable[[Path, Path, Image.Image], None] | None = None
         self.progress = Progress(0, 0, False)
@@ -291,6 +297,7 @@ class _RunState:
             if action not in ("done", "hold", "elsewhere"):
                 self._show(cell.key, "waiting")
         watcher = asyncio.ensure_future(self._watch_phases())
+        self.client.pacer.listeners.append(self.slots.wake)
         try:
             async with asyncio.TaskGroup() as group:
                 for cell, action in work:
@@ -298,6 +305,13 @@ class _RunState:
                         group.create_task(self.cell(cell, action))
         finally:
             watcher.cancel()
+            self.client.pacer.listeners.remove(self.slots.wake)
+
+    def _at_service(self) -> tuple[int, int, int]:
+        """This run's jobs running at the service, being collected, and running past their expected end."""
+        now, tracks = time.monotonic(), self.tracks.values()
+        overdue = sum(self.client.pacer.overdue(t, now) for t in tracks)
+        return sum(t.phase == "running" for t in tracks) - overdue, sum(t.phase == "finished" for t in tracks), overdue
 
     async def _watch_phases(self) -> None:
         """Show each accepted job as queued or running at the server, as its poller last saw it."""

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from zlab.core.axes import SR_AXIS, axis_values, check_axis_name, parse_size, path_labels
+from zlab.core.concurrency import ASSUMED_CAPACITY
 from zlab.core.config import DEFAULT_PRICE_PER_MP
 from zlab.errors import ValidationError
 from zlab.core.pricing import Pricing
@@ -64,7 +65,7 @@ class Estimate:
     megapixels: float
     cost_usd: float
     seconds: float
-    concurrency: int
+    concurrency: int | str  # "auto": waves of an assumed capacity (zlab.core.concurrency)
 
     def __str__(self) -> str:
         minutes = f"{self.seconds / 60:.1f} min" if self.seconds >= 90 else f"{self.seconds:.0f} s"
@@ -245,7 +246,7 @@ class Sweep:
 
     def estimate(
         self,
-        concurrency: int = 8,
+        concurrency: int | str = 8,
         *,
         price_per_mp: float = DEFAULT_PRICE_PER_MP,
         seconds_per_image: float = SECONDS_PER_IMAGE,
@@ -259,11 +260,11 @@ class Sweep:
         mp = sum(c.request.megapixels for c in chosen)
         price = pricing or Pricing(None, price_per_mp, "price_per_mp")
         cost = sum(price.cost(c.request) for c in chosen)
-        waves = math.ceil(len(chosen) / max(1, concurrency))
+        waves = math.ceil(len(chosen) / max(1, concurrency if isinstance(concurrency, int) else ASSUMED_CAPACITY))
         return Estimate(len(chosen), mp, cost, waves * seconds_per_image, concurrency)
 
     def plan(
-        self, concurrency: int = 8, *, price_per_mp: float = DEFAULT_PRICE_PER_MP, pricing: Pricing | None = None
+        self, concurrency: int | str = 8, *, price_per_mp: float = DEFAULT_PRICE_PER_MP, pricing: Pricing | None = None
     ) -> pd.DataFrame:
         """A DataFrame of cells (key, every parameter, megapixels, cost); `.attrs['estimate']` sums it up."""
         price = pricing or Pricing(None, price_per_mp, "price_per_mp")

@@ -15,6 +15,7 @@ be switched live with `set_quirks` and `set_faults`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 import sys
@@ -251,6 +252,18 @@ class LocalServer:
         """How many jobs run at once from the start (`regime.capacity_steps` says how it changes later;
         `stats.started_mono` is their t = 0)."""
         return self._config.capacity
+
+    def set_capacity(self, capacity: int, timeout: float = 10.0) -> None:
+        """Change how many jobs run at once, now (returns once the server's loop applied it): running
+        jobs beyond it finish, and no queued job starts until fewer run; a larger one starts queued jobs."""
+        state = self._state
+        if state is None or state.loop is None:
+            raise ConfigError("the server has not been started: use `with LocalServer() as srv:` or .start()")
+
+        async def apply() -> None:
+            state.scheduler.set_capacity(capacity)
+
+        asyncio.run_coroutine_threadsafe(apply(), state.loop).result(timeout)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

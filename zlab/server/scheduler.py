@@ -229,7 +229,7 @@ class Scheduler:
         t0 = loop.time()
         self.stats.started_mono = time.monotonic()
         for since, capacity in self.regime.capacity_steps:
-            self._timers.append(loop.call_at(t0 + since, self._set_capacity, capacity))
+            self._timers.append(loop.call_at(t0 + since, self.set_capacity, capacity))
         if self.regime.burst_every > 0:
             self._timers.append(loop.call_at(t0 + self.regime.burst_every, self._burst))
 
@@ -259,7 +259,10 @@ class Scheduler:
         self._timers.append(loop.call_later(self.regime.burst_every, self._burst))
         self._timers = [t for t in self._timers if not t.cancelled() and t.when() > loop.time()]
 
-    def _set_capacity(self, capacity: int) -> None:
+    def set_capacity(self, capacity: int) -> None:
+        """Run at most `capacity` jobs from now on (a capacity step, or the server's owner changing it)."""
+        if capacity < 1:
+            raise ConfigError(f"capacity must be at least 1 (got {capacity})")
         self.capacity = capacity
         self._start_ready()  # a smaller capacity lets running jobs finish; a larger one starts queued ones now
 

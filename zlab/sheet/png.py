@@ -4,8 +4,12 @@ Pillow's encoder runs zlib on one thread (about 0.4 s for a 2185×3284 page at l
 decoding the 64 images on it). Here the rows are filtered with PNG's "Up" filter in numpy (as small
 as Pillow's adaptive choice on photos), cut into strips, and each strip is deflated on its own
 thread (zlib releases the GIL); strips end on a full flush, so their raw deflate streams concatenate
-into one valid zlib stream. Text chunks (the sheet's metadata) are written as Pillow's `PngInfo`
-holds them, so readers see the same file contents.
+into one valid zlib stream. Deflate runs at level 1 with zlib's run-length strategy (`Z_RLE`): on
+Up-filtered photos it is about a third faster than level 1's default matching and the file is no
+larger (a 2185×3284 sheet: 0.80 s and 6.3 MB against 1.22 s and 6.4 MB on one core), since the
+filtered rows are mostly runs of small differences that long-distance matches rarely beat. Text
+chunks (the sheet's metadata) are written as Pillow's `PngInfo` holds them, so readers see the same
+file contents.
 """
 
 from __future__ import annotations
@@ -39,9 +43,13 @@ def _filtered(image: Image.Image) -> np.ndarray:
 
 
 def encode(
-    image: Image.Image, pnginfo: PngImagePlugin.PngInfo | None = None, level: int = 1, workers: int | None = None
+    image: Image.Image,
+    pnginfo: PngImagePlugin.PngInfo | None = None,
+    level: int = 1,
+    workers: int | None = None,
+    strategy: int = zlib.Z_RLE,
 ) -> bytes:
-    """The PNG file for an RGB or RGBA `image` (other modes are converted to RGB)."""
+    """The PNG file for an RGB or RGBA `image` (other modes are converted to RGB); `strategy` is zlib's."""
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGB")
     rows = _filtered(image)
@@ -51,7 +59,7 @@ def encode(
     parts = [rows[a:b].data.cast("B") for a, b in itertools.pairwise(bounds)]  # views: no copies
 
     def deflate(i: int) -> bytes:
-        z = zlib.compressobj(level, zlib.DEFLATED, -15)
+        z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
         return z.compress(parts[i]) + z.flush(zlib.Z_FINISH if i == len(parts) - 1 else zlib.Z_FULL_FLUSH)
 
     if len(parts) == 1:

@@ -25,6 +25,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any, Literal
 
+from zlab.core.concurrency import Concurrency, InFlight, may_send
 from zlab.core.polling import Endpoint, Pacer, SeenPhase, Track
 
 Positions = Literal["0", "1", "missing"]
@@ -40,7 +41,8 @@ class Scenario:
     `jitter`, mean kept; × `cold_factor` for the first `capacity` jobs to start). `capacity_steps`
     are (time, slots) changes. `other_load` keeps that fraction of capacity busy with other users'
     jobs (Poisson, 1-megapixel jobs, arriving from well before the sweep). `concurrency` None sends
-    every job at once; a number keeps that many in flight.
+    every job at once; a number keeps that many in flight; "auto" follows `zlab.core.concurrency`
+    (what the client has seen running, plus a queued headroom).
     """
 
     jobs: int = 64
@@ -54,7 +56,7 @@ class Scenario:
     capacity_steps: tuple[tuple[float, int], ...] = ()
     other_load: float = 0.0
     positions: Positions = "0"
-    concurrency: int | None = None
+    concurrency: Concurrency | None = None
     rtt_s: float = 0.004
     submit_gap_s: float = 0.002
     seed: int = 0
@@ -83,7 +85,8 @@ class _Job:
     created: float = math.nan
     started: float | None = None
     finished: float | None = None
-    on_finish: Callable[[], None] | None = None  # the instant client's ear
+    on_start: Callable[[], None] | None = None  # the instant client's ears
+    on_finish: Callable[[], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,15 @@ class Result:
     calls: dict[str, int]
     lags: tuple[float, ...]
     mean_run_s: float
+    in_flight: tuple[tuple[float, int], ...] = ()  # (time, the caller's jobs between submit and noticed)
+
+    @property
+    def peak_in_flight(self) -> int:
+        return max((n for _, n in self.in_flight), default=0)
+
+    def in_flight_after(self, t: float) -> int:
+        """The most jobs the caller had in flight from time `t` on."""
+        return max((n for at, n in self.in_flight if at >= t), default=0)
 
     @property
     def polls_per_image(self) -> float:
@@ -164,6 +176,8 @@ class _Sim:
             self.started_count += 1
             self.running.add(job)
             self.at(self.t + run, self._finish, job)
+            if job.on_start is not None:
+                job.on_start()
 
     def _finish(self, job: _Job) -> None:
         job.finished = self.t
@@ -206,6 +220,7 @@ class _Sim:
 Client = Literal["zlab", "fixed", "serial", "instant"]
 Start = Callable[[int, float, float], None]  # (job index, submit sent, submit answered)
 Done = Callable[[int], None]
+Saw = Callable[[int, str], None]  # (job index, what the client now believes: "queued", "running", "finished")
 
 
 def simulate(
@@ -219,42 +234,76 @@ def simulate(
         sc = dataclasses.replace(sc, rtt_s=0.0, submit_gap_s=0.0)
     sim = _Sim(sc)
     noticed: dict[int, float] = {}
-    limit = 1 if client == "serial" else sc.concurrency or sc.jobs
+    policy: Concurrency = 1 if client == "serial" else sc.concurrency or sc.jobs
     pending = iter(range(sc.jobs))
+    pacer = pacer or Pacer()
+    tracks: dict[int, Track] = {}  # zlab's, by job index
+    held = 0
+    timeline: list[tuple[float, int]] = []
+    phases: dict[int, str] = {}  # what the client last saw of each job in flight ("running", "finished", …)
 
-    def send_next() -> None:
-        i = next(pending, None)
-        if i is not None:
-            sim.submit(sim.ours[i], lambda sent, answered: start(i, sent, answered))
+    def pump() -> None:
+        """Send as many jobs as the concurrency allows now (spaced by the submit gap)."""
+        nonlocal held
+        k = 0
+        while may_send(policy, _in_flight(held, phases, pacer if client == "zlab" else None, sim.t, tracks)):
+            i = next(pending, None)
+            if i is None:
+                return
+            held += 1
+            timeline.append((max(sim.t, 0.0), held))
+            sim.at(sim.t + k * sc.submit_gap_s, send, i)
+            k += 1
+
+    def send(i: int) -> None:
+        sim.submit(sim.ours[i], lambda sent, answered: start(i, sent, answered))
+
+    def saw(i: int, phase: str) -> None:
+        phases[i] = phase
+        pump()
 
     def done(i: int) -> None:
+        nonlocal held
         noticed[i] = sim.t
-        send_next()
+        held -= 1
+        timeline.append((sim.t, held))
+        phases.pop(i, None)
+        pump()
 
     if client == "instant":
-        start = _instant(sim, done)
+        start = _instant(sim, done, saw)
     elif client == "zlab":
-        start = _zlab(sim, done, pacer or Pacer(), sent_known)
+        start = _zlab(sim, done, saw, pacer, tracks, sent_known)
     else:
-        start = _fixed(sim, done, interval, first=0.0 if client == "serial" else interval)
-    for k in range(limit):
-        sim.at(k * sc.submit_gap_s, send_next)
+        start = _fixed(sim, done, saw, interval, first=0.0 if client == "serial" else interval)
+    sim.at(0.0, pump)
     sim.run()
     if len(noticed) != sc.jobs:
         raise RuntimeError(f"{client}: only {len(noticed)} of {sc.jobs} jobs were noticed finished")
     lags = tuple(noticed[i] - (sim.ours[i].finished or 0.0) for i in sorted(noticed))
     mean_run = statistics.fmean(sc.run_s(sc.size_of(i)) for i in range(sc.jobs))
-    return Result(max(noticed.values(), default=0.0), dict(sim.calls), lags, mean_run)
+    return Result(max(noticed.values(), default=0.0), dict(sim.calls), lags, mean_run, tuple(timeline))
 
 
-def _instant(sim: _Sim, done: Done) -> Start:
+def _in_flight(held: int, phases: dict[int, str], pacer: Pacer | None, t: float, tracks: dict[int, Track]) -> InFlight:
+    """What the client believes it has at the service (zlab's: running until a job's expected end)."""
+    seen = collections.Counter(phases.values())
+    if pacer is None:
+        return InFlight(held, seen["running"], seen["finished"])
+    overdue = sum(pacer.overdue(track, t + CLIENT_CLOCK) for track in tracks.values())
+    return InFlight(held, seen["running"] - overdue, seen["finished"], overdue)
+
+
+def _instant(sim: _Sim, done: Done, saw: Saw) -> Start:
     def start(i: int, sent: float, answered: float) -> None:
-        sim.ours[i].on_finish = lambda: done(i)
+        job = sim.ours[i]
+        job.on_start, job.on_finish = lambda: saw(i, "running"), lambda: done(i)
+        saw(i, "running" if job.started is not None else "queued")
 
     return start
 
 
-def _fixed(sim: _Sim, done: Done, interval: float, first: float) -> Start:
+def _fixed(sim: _Sim, done: Done, saw: Saw, interval: float, first: float) -> Start:
     """/status every `interval` until completed, then /result."""
 
     def start(i: int, sent: float, answered: float) -> None:
@@ -264,6 +313,7 @@ def _fixed(sim: _Sim, done: Done, interval: float, first: float) -> Start:
         sim.call(sim.ours[i], "status", lambda s, r, phase, pos: heard(i, phase))
 
     def heard(i: int, phase: SeenPhase) -> None:
+        saw(i, "finished" if phase == "completed" else phase)
         if phase == "completed":
             sim.call(sim.ours[i], "result", lambda *_: done(i))
         else:
@@ -272,9 +322,8 @@ def _fixed(sim: _Sim, done: Done, interval: float, first: float) -> Start:
     return start
 
 
-def _zlab(sim: _Sim, done: Done, planner: Pacer, sent_known: bool) -> Start:
+def _zlab(sim: _Sim, done: Done, saw: Saw, planner: Pacer, tracks: dict[int, Track], sent_known: bool) -> Start:
     """zlab's waiters as `follow` runs them: plan, sleep (re-planning when woken), call, report."""
-    tracks: dict[int, Track] = {}
     versions: collections.Counter[int] = collections.Counter()
     busy: set[int] = set()
 
@@ -317,6 +366,8 @@ def _zlab(sim: _Sim, done: Done, planner: Pacer, sent_known: bool) -> Start:
         if final:
             del tracks[i]
             done(i)
+        else:
+            saw(i, tracks[i].phase)
         for j in list(tracks) if wake or final else [i]:
             replan(j)
 
@@ -324,5 +375,6 @@ def _zlab(sim: _Sim, done: Done, planner: Pacer, sent_known: bool) -> Start:
 
 
 def ideal(sc: Scenario) -> float:
-    """The makespan of the same jobs, same draws, with a client that notices every finish at once."""
+    """The makespan of the same jobs, same draws, with a client that notices every start and finish at
+    once (and so, under "auto", keeps exactly the intended headroom queued)."""
     return simulate(sc, "instant").wall_s

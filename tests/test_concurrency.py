@@ -1,0 +1,214 @@
+"""The automatic concurrency: its pure decisions, the limiter, the simulator, and a sweep on the local server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import threading
+
+import pytest
+from gates import Gate
+from waiting import wait_for
+
+from zlab import cli, errors
+from zlab.client import Client
+from zlab.core.concurrency import InFlight, Limiter, headroom, may_send, parse_concurrency
+from zlab.core.request import LoRA, Request
+from zlab.runs.sweep import Sweep
+from zlab.server import LocalServer
+from zlab.testing.queuesim import Scenario, ideal, simulate
+
+
+@pytest.mark.parametrize(("given", "parsed"), [("auto", "auto"), (" AUTO ", "auto"), (8, 8), ("8", 8), (256, 256)])
+def test_concurrency_is_auto_or_a_cap(given, parsed):
+    assert parse_concurrency(given) == parsed
+
+
+@pytest.mark.parametrize("bad", [0, 257, -1, "x", "", True, 1.5, None, "8.0"])
+def test_other_concurrencies_are_refused(bad):
+    with pytest.raises(errors.ValidationError, match="concurrency"):
+        parse_concurrency(bad)
+
+
+@pytest.mark.parametrize(
+    ("policy", "held", "running", "collecting", "allowed"),
+    [
+        ("auto", 0, 0, 0, True),  # nothing seen yet: send the minimum headroom
+        ("auto", 4, 0, 0, False),
+        ("auto", 4, 4, 0, True),  # all four started: the service has room, or will once they end
+        ("auto", 8, 4, 0, False),  # four running, four queued
+        ("auto", 10, 4, 2, True),  # two being downloaded: not at the service, but just ran there
+        ("auto", 12, 4, 2, False),
+        ("auto", 5, 0, 2, True),  # jobs that end before anyone sees them run still show the service's room
+        ("auto", 6, 0, 2, False),
+        ("auto", 63, 32, 0, True),  # the headroom grows with what runs
+        ("auto", 64, 32, 0, False),
+        ("auto", 256, 250, 0, False),  # never past the ceiling
+        (8, 7, 0, 0, True),  # a number is a hard cap on cells in flight, whatever runs
+        (8, 8, 8, 0, False),
+        (8, 8, 0, 8, False),
+    ],
+)
+def test_may_send(policy, held, running, collecting, allowed):
+    assert may_send(policy, InFlight(held, running, collecting)) is allowed
+
+
+def test_jobs_past_their_expected_end_count_neither_as_running_nor_as_queued():
+    assert may_send("auto", InFlight(held=7, running=0, collecting=0, overdue=4))  # 3 queued
+    assert not may_send("auto", InFlight(held=8, running=0, collecting=0, overdue=4))
+    assert InFlight(held=8, running=2, collecting=1, overdue=4).waiting == 1
+
+
+def test_the_headroom_follows_what_runs():
+    assert [headroom(r) for r in (0, 1, 4, 5, 32)] == [4, 4, 4, 5, 32]
+
+
+def test_the_limiter_admits_a_waiting_submit_when_woken_by_a_start():
+    seen = {"running": 0}
+
+    async def scenario() -> list[str]:
+        limiter = Limiter("auto", lambda: (seen["running"], 0))
+        order: list[str] = []
+
+        async def cell(name: str, release: asyncio.Event) -> None:
+            async with limiter:
+                order.append(f"in {name}")
+                await release.wait()
+
+        releases = [asyncio.Event() for _ in range(5)]
+        tasks = [asyncio.create_task(cell(str(i), releases[i])) for i in range(5)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        order.append("four in, one waits")
+        seen["running"] = 1  # the first seen running: three queued, headroom 4 → room for one more
+        limiter.wake()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for release in releases:
+            release.set()
+        await asyncio.gather(*tasks)
+        assert limiter.held == 0
+        return order
+
+    assert asyncio.run(scenario()) == ["in 0", "in 1", "in 2", "in 3", "four in, one waits", "in 4"]
+
+
+def test_a_cancelled_waiter_takes_no_place():
+    async def scenario() -> int:
+        limiter = Limiter(2, lambda: (0, 0, 0))
+        async with limiter, limiter:
+            waiting = asyncio.create_task(limiter.__aenter__())
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        async with limiter:  # both places free again, and the cancelled waiter is not admitted later
+            return limiter.held
+
+    assert asyncio.run(scenario()) == 1
+
+
+# On the simulator: every regime, capacities 2 and 8 (targets of issue 22) ----------------------------
+
+REGIMES = {
+    "base": Scenario(),
+    "other users 50%": Scenario(other_load=0.5),
+    "jitter σ=0.3": Scenario(jitter=0.3),
+    "size-dependent": Scenario(base_s=0.1, per_mp_s=0.4, sizes=(0.262, 0.786, 1.049, 1.573)),
+    "1-based positions": Scenario(positions="1"),
+    "cold first wave 10×": Scenario(cold_factor=10),
+    "2 s jobs": Scenario(base_s=2.0),
+}
+
+
+@pytest.mark.parametrize("name", list(REGIMES))
+@pytest.mark.parametrize("capacity", [2, 8])
+def test_auto_stays_near_the_ideal_in_every_regime(name, capacity):
+    sc = dataclasses.replace(REGIMES[name], capacity=capacity, concurrency="auto")
+    got = simulate(sc)
+    assert got.wall_s / ideal(sc) <= 1.05
+
+
+def test_auto_beats_concurrency_at_capacity_and_matches_all_queued():
+    sc = Scenario(capacity=8)
+    auto = simulate(dataclasses.replace(sc, concurrency="auto")).wall_s
+    at_capacity = simulate(dataclasses.replace(sc, concurrency=8)).wall_s
+    all_queued = ideal(sc)  # every job queued at once, every finish noticed at once
+    assert auto < at_capacity and auto / all_queued <= 1.05
+
+
+@pytest.mark.parametrize("capacity", [2, 8, 32])
+def test_what_is_in_flight_follows_the_capacity(capacity):
+    got = simulate(Scenario(jobs=256, capacity=capacity, concurrency="auto"))
+    # Once the first wave has passed: typically what runs plus as many queued. (A finish not yet noticed
+    # counts as running for a moment, so when a whole wave turns over at once a few more may be queued
+    # briefly: harmless, queued jobs cost nothing.)
+    later = [n for at, n in got.in_flight if 2.0 <= at <= got.wall_s * 0.75]
+    assert capacity < statistics.median(later) <= capacity + max(4, capacity)
+    assert got.peak_in_flight <= 4 * capacity
+
+
+def test_a_shrinking_service_gets_fewer_jobs_in_flight():
+    steady = simulate(Scenario(jobs=128, capacity=8, concurrency="auto"))
+    shrunk = simulate(Scenario(jobs=128, capacity=8, capacity_steps=((2.0, 2),), concurrency="auto"))
+    # 2 running + 4 queued (+ finishes being collected), against 8 running + 8 queued
+    assert shrunk.in_flight_after(3.0) <= 8 and steady.in_flight_after(3.0) >= 14
+
+
+# On the local server: a freed slot is taken by a queued job at once ---------------------------------
+
+
+def test_auto_keeps_the_service_busy_between_a_finish_and_the_next_submit(tmp_path):
+    base = Request("t3chnic4lly a fox", loras=[LoRA("a/b", 1.0)], width=256, height=256, seed=1)
+    sweep = Sweep(base, axes={"seed": list(range(8))})
+    gate = Gate(capacity=2, seeds=range(8))
+    lines: list[str] = []
+    with LocalServer(renderer=gate) as srv, Client(base_url=srv.base_url) as client:
+
+        def states() -> dict[int, str]:
+            seeds = {s.request_id: s.input["seed"] for s in srv.stats.submissions}
+            return {seeds[rid]: job.state for rid, job in srv.stats.jobs.items()}
+
+        def count(state: str) -> int:
+            return sum(s == state for s in states().values())
+
+        done: dict[str, object] = {}
+        options = {"progress": False, "cache": False, "echo": lines.append}
+        runner = threading.Thread(target=lambda: done.update(result=client.run(sweep, tmp_path / "run", **options)))
+        runner.start()
+        try:
+            while (left := 8 - count("succeeded")) > 0:
+                # Two run; while cells remain to send, auto keeps more of them queued at the service.
+                wait_for(
+                    lambda left=left: (
+                        count("in_progress") == min(2, left) and (count("in_queue") >= 1 or len(states()) == 8)
+                    )
+                )
+                queued = count("in_queue")
+                first = min(seed for seed, state in states().items() if state == "in_progress")
+                gate.open(first)
+                wait_for(lambda first=first: states()[first] == "succeeded")
+                if queued:  # the service started a queued job as this one ended: no slot waited for a submit
+                    assert count("in_progress") == 2
+        finally:
+            gate.close()
+            runner.join(60)
+    result = done["result"]
+    assert result.ok and len(srv.stats.submissions) == 8  # type: ignore[attr-defined]
+    assert any("concurrency auto" in line for line in lines), lines
+
+
+def test_the_command_runs_auto_by_default_and_takes_a_cap(tmp_path, monkeypatch, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text('prompt: "t3chnic4lly fox"\nwidth: 256\nheight: 256\nseed: 1\naxes: {seed: [1, 2, 3]}\n')
+    with LocalServer(latency=0.01) as srv:
+        monkeypatch.setenv("ZLAB_BASE_URL", srv.base_url)
+        assert cli.main(["run", str(spec), "--out", str(tmp_path / "a"), "--dry-run"]) == 0
+        assert "at concurrency auto" in capsys.readouterr().err
+        assert cli.main(["run", str(spec), "--out", str(tmp_path / "b"), "--concurrency", "3", "--dry-run"]) == 0
+        assert "at concurrency 3" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as refused:
+            cli.main(["run", str(spec), "--out", str(tmp_path / "c"), "--concurrency", "0"])
+        assert refused.value.code == 2 and "auto or an integer" in capsys.readouterr().err
+        assert srv.stats.calls.get("submit", 0) == 0
