@@ -11,12 +11,14 @@ atomic: a crash never leaves half a file that a later run could mistake for a fi
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import io
 import os
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 from PIL import Image
@@ -67,8 +69,9 @@ class Downloader:
         await self._http.aclose()
 
     async def get(self, url: str) -> Downloaded:
-        """Fetch and check one output image; raises DownloadError saying what was wrong."""
-        data = await self.fetch(url)
+        """Fetch and check one output image (an inline `data:` URI is read, not fetched); raises
+        DownloadError saying what was wrong."""
+        data = read_data_uri(url, self.max_bytes) if url[:5].lower() == "data:" else await self.fetch(url)
         image = decode_image(data, url=url)
         return Downloaded(url, data, image, image_suffix(data))
 
@@ -113,6 +116,21 @@ class Downloader:
                     raise DownloadError(f"output file exceeds the {self.max_bytes:,}-byte cap: {url}", url=url)
                 chunks.append(chunk)
             return 200, b"".join(chunks)
+
+
+def read_data_uri(uri: str, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of a `data:[type][;base64],…` URI (an image a service returned inline)."""
+    head, sep, payload = uri.partition(",")
+    if not sep:
+        raise DownloadError("output is a data: URI with no data", url=uri[:64])
+    if len(payload) > max_bytes * 4 // 3 + 4:
+        raise DownloadError(f"output data: URI is over the {max_bytes:,}-byte cap", url=uri[:64])
+    try:
+        if head.lower().endswith(";base64"):
+            return base64.b64decode("".join(payload.split()), validate=True)
+        return unquote_to_bytes(payload)
+    except (binascii.Error, ValueError) as exc:
+        raise DownloadError(f"output data: URI does not decode ({exc})", url=uri[:64]) from exc
 
 
 def decode_image(data: bytes, *, url: str | None = None) -> Image.Image:

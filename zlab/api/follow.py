@@ -21,6 +21,9 @@ from zlab.core.polling import Pacer, Track
 from zlab.core.protocol import Outcome
 
 _FINISHED = ("succeeded", "failed", "cancelled")
+LAG_LIMIT_S = 60.0  # how long a job the service said finished is followed for its result within one run
+LAG_FIRST_S = 0.25  # the first wait for a lagging result; doubled each time, up to LAG_CAP_S
+LAG_CAP_S = 8.0
 
 
 class Signal:
@@ -73,6 +76,7 @@ async def follow(
     """
     signal = signal_for(pacer)
     pacer.register(track)
+    said_finished = False
     try:
         while True:
             now = time.monotonic()
@@ -89,9 +93,19 @@ async def follow(
             if poll.endpoint == "status":
                 status = await api.status(request_id)
                 wake = pacer.saw(track, sent, time.monotonic(), status.phase, status.queue_position)
+                if status.terminal:
+                    said_finished = True
             else:
-                outcome = await api.result(request_id)
+                try:
+                    outcome = await api.result(request_id)
+                except errors.NotFoundError:
+                    if not said_finished:
+                        raise
+                    outcome = Outcome("running", lagging=True)
                 received = time.monotonic()
+                if outcome.phase not in _FINISHED and (said_finished or outcome.lagging):
+                    outcome = await _lagging(api, request_id, deadline)
+                    received = time.monotonic()
                 if outcome.phase in _FINISHED:
                     pacer.saw(
                         track,
@@ -111,3 +125,29 @@ async def follow(
                 signal.fire()
     finally:
         pacer.forget(track)
+
+
+async def _lagging(api: API, request_id: str, deadline: float) -> Outcome:
+    """The service said the job finished but /result does not show it yet: ask /result alone, waiting
+    longer each time, until it ends or `LAG_LIMIT_S` (or the deadline) passes."""
+    started = time.monotonic()
+    wait = LAG_FIRST_S
+    while True:
+        now = time.monotonic()
+        if now + wait > min(deadline, started + LAG_LIMIT_S):
+            if now + wait > deadline:
+                raise errors.WaitTimeout(
+                    f"request {request_id} had not shown its result by its deadline", request_id=request_id
+                )
+            raise errors.ProtocolError(
+                f"request {request_id} finished but its result showed no image within {LAG_LIMIT_S:.0f} s; "
+                "it stays collectable by its request id"
+            )
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, LAG_CAP_S)
+        try:
+            outcome = await api.result(request_id)
+        except errors.NotFoundError:
+            continue
+        if outcome.phase in _FINISHED:
+            return outcome

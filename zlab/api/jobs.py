@@ -35,6 +35,8 @@ from zlab.core.request import Request
 
 NOT_FOUND_GRACE_S = 60.0  # a fresh job's id may 404 for a while on an eventually consistent service
 NOT_FOUND_RETRY_S = 1.0
+RECORD_WAITS_S = (0.2, 0.5, 1.0, 2.0, 4.0)  # a failed record of a request id is tried again after each
+CANCEL_SETTLE_S = 5.0  # how long a cancel the service took but has not done yet is followed
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,6 +56,7 @@ class Generation:
     suffix: str = ".png"  # the file type, from the bytes: ".png", ".jpg" or ".webp"
     note: str | None = None  # e.g. the service rendered another size than was asked
     backend: dict[str, Any] | None = None  # a local server's facts about the render (model, versions, device)
+    outputs: int = 1  # how many images the result held; the first is this one
 
     @property
     def size(self) -> tuple[int, int]:
@@ -96,7 +99,7 @@ async def send(
     async def post_and_record() -> str:
         submitted = await api.submit(model, payload, on_send=on_send)
         if on_accepted is not None:
-            on_accepted(submitted.request_id)
+            await _record(on_accepted, submitted.request_id)
         return submitted.request_id
 
     task = asyncio.ensure_future(post_and_record())
@@ -104,6 +107,20 @@ async def send(
         inflight.add(task)
         task.add_done_callback(inflight.discard)
     return await asyncio.shield(task)
+
+
+async def _record(on_accepted: Callable[[str], None], request_id: str) -> None:
+    """Write the id down, trying again while the record fails (e.g. another process holds the ledger's
+    write lock). The job is paid for whatever happens: if every try fails, the id is still returned (the
+    caller keeps it in memory and follows the job) and the submit is never sent again."""
+    for wait_s in (*RECORD_WAITS_S, None):
+        try:
+            on_accepted(request_id)
+            return
+        except Exception:
+            if wait_s is None:
+                return
+            await asyncio.sleep(wait_s)
 
 
 async def wait(
@@ -154,13 +171,16 @@ async def collect(downloads: Downloader, request: Request | dict[str, Any], requ
                   track: Track | None = None) -> Generation:  # fmt: skip
     """Download and check the first output of a succeeded job; a different size is kept, with a note."""
     got = await downloads.get(outcome.outputs[0])
-    note = None
+    notes = []
     if isinstance(request, Request) and got.size != (request.width, request.height):
         width, height = got.size
-        note = (
+        notes.append(
             f"the service rendered {width}×{height} for a {request.width}×{request.height} request "
             "(it snaps sizes); the image is kept as rendered"
         )
+    if len(outcome.outputs) > 1:
+        notes.append(f"the result held {len(outcome.outputs)} images; the first is kept")
+    note = "; ".join(notes) or None
     queue_s, run_s = timings(outcome, track)
     return Generation(
         request,
@@ -176,6 +196,7 @@ async def collect(downloads: Downloader, request: Request | dict[str, Any], requ
         got.suffix,
         note,
         outcome.backend,
+        len(outcome.outputs),
     )
 
 
@@ -201,13 +222,23 @@ def failure_of(request_id: str, outcome: Outcome) -> errors.ZlabError | None:
     return None
 
 
-async def cancel(api: API, request_id: str) -> CancelOutcome:
-    """Cancel if still queued (free); when the answer does not say (an empty 202), /status decides."""
+async def cancel(api: API, request_id: str, *, settle_s: float = CANCEL_SETTLE_S) -> CancelOutcome:
+    """Cancel if still queued (free). When the answer does not say (an empty 202, "requested"), /status
+    decides, asked again with a growing wait for up to `settle_s`: a cancel may take effect a moment later."""
     outcome = await api.cancel(request_id)
     if outcome != "unknown":
         return outcome
-    status = await api.status(request_id)
-    return "cancelled" if status.phase == "cancelled" else "not_cancellable" if status.terminal else "unknown"
+    until, wait_s = time.monotonic() + settle_s, 0.1
+    while True:
+        status = await api.status(request_id)
+        if status.phase == "cancelled":
+            return "cancelled"
+        if status.terminal:
+            return "not_cancellable"
+        if time.monotonic() + wait_s > until:
+            return "unknown"
+        await asyncio.sleep(wait_s)
+        wait_s = min(wait_s * 2, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

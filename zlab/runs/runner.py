@@ -36,7 +36,7 @@ from zlab.core.table import request_from_row
 from zlab.runs.tables import with_picks
 from zlab.core.runplan import Action, CellView, Next, Stop
 from zlab.runs.result import RunResult
-from zlab.runs.ledger import Cache, RunDir, now_iso, results_frame
+from zlab.runs.ledger import Cache, RunDir, intact_image, now_iso, results_frame
 from zlab.runs.sweep import SECONDS_PER_IMAGE, Cell, Sweep
 
 if TYPE_CHECKING:
@@ -120,9 +120,10 @@ async def run_sweep(
             run.write_spec(sweep.to_dict())
         rows = {row["key"]: row for row in ledger.rows()}
         shared = _open_cache(client, cache)
+        broken: list[str] = []
         actions = {
             c.key: runplan.decide(
-                _view(run, rows[c.key], shared), identity=client.identity, retry_unknown=retry_unknown,
+                _view(run, rows[c.key], shared, broken), identity=client.identity, retry_unknown=retry_unknown,
                 resend_lost=resend_lost,
             )
             for c in cells
@@ -147,6 +148,7 @@ async def run_sweep(
             + (f" at {pricing}" if pricing is not None and to_send else "")
         )
         calls_before = collections.Counter(client.api.calls)
+        words_before = {word: set(ids) for word, ids in client.api.unknown_words.items()}
         state = _RunState(client, run, sweep, concurrency, cell_timeout, shared)
         state.on_image = on_image
         state.progress = Progress(len(cells), tally["done"], progress)
@@ -172,6 +174,13 @@ async def run_sweep(
         counts = dict(collections.Counter(df["status"]))
         calls = dict(collections.Counter(client.api.calls) - calls_before)
         notes = _notes(rows, keys, client.identity, collectable, actions)
+        notes += _integrity_notes(broken, actions, state.bad_cache)
+        for word, ids in client.api.unknown_words.items():
+            if fresh := ids - words_before.get(word, set()):
+                notes.append(
+                    f"the service said {word!r} for {len(fresh)} job(s), a status zlab does not know: "
+                    "followed as still going, within the normal bounds"
+                )
         reasons = runplan.tally_reasons((r["status"], r["reason"]) for r in final)
         result = RunResult(
             df, run.root, counts, time.monotonic() - started, estimate, calls, interrupted, state.stopped, reasons,
@@ -199,14 +208,32 @@ def _seeded(run: RunDir, sweep: Sweep) -> Sweep:
     return sweep.with_seed_draws(draws) if draws != list(sweep.seed_draws) else sweep
 
 
-def _view(run: RunDir, row: dict[str, Any], cache: Cache | None) -> CellView:
+def _view(run: RunDir, row: dict[str, Any], cache: Cache | None, broken: list[str]) -> CellView:
+    """What `decide` needs of one cell; an image counts only if it decodes (a cut-short file is noted in
+    `broken` and fetched again by request id, or rendered again)."""
     state = row["status"]
     path = row["image_path"]
-    has_image = bool(path) and (run.root / path).is_file() if state == "succeeded" else False
+    has_image = False
+    if state == "succeeded" and path and (run.root / path).is_file():
+        has_image = intact_image(run.root / path)
+        if not has_image:
+            broken.append(row["key"])
     if not has_image:
         has_image = run.existing_image(row["key"]) is not None
-    cached = cache is not None and state != "succeeded" and cache.lookup(row["key"]) is not None
-    return CellView(state, has_image, cached, row.get("origin") or row.get("base_url"))
+    cached = cache is not None and not has_image and cache.lookup(row["key"]) is not None
+    return CellView(state, has_image, cached, row.get("origin") or row.get("base_url"), bool(row.get("request_id")))
+
+
+def _integrity_notes(broken: list[str], actions: dict[str, Action], bad_cache: int) -> list[str]:
+    notes = []
+    refetch = sum(1 for key in broken if actions.get(key) == "collect")
+    if refetch:
+        notes.append(f"{refetch} image(s) in the run directory did not decode: fetched again by request id")
+    if len(broken) > refetch:
+        notes.append(f"{len(broken) - refetch} image(s) in the run directory did not decode: rendered again")
+    if bad_cache:
+        notes.append(f"{bad_cache} image(s) in the shared cache did not decode: not used, rendered again")
+    return notes
 
 
 def _orphan(row: dict[str, Any]) -> Cell | None:
@@ -265,6 +292,8 @@ class _RunState:
         self.on_image: Callable[[Path, Path, Image.Image], None] | None = None
         self.progress = Progress(0, 0, False)
         self.tracks: dict[str, Track] = {}
+        self.ids: dict[str, str] = {}  # request ids heard in this run, kept even if the ledger could not take them
+        self.bad_cache = 0
         self.inflight: set[asyncio.Task[Any]] = set()
         self.stopped: Stop | None = None
         self.shown: dict[str, str] = {}
@@ -309,7 +338,9 @@ class _RunState:
                 row = self.ledger.get(cell.key) or {}
                 async with self.slots:
                     track = Track(time.monotonic(), megapixels=cell.request.megapixels)
-                    await self._follow(cell, row["request_id"], track, grace_until=_grace(row))
+                    again = await self._follow(cell, row["request_id"], track, grace_until=_grace(row))
+                if again:  # found cancelled at the server: nothing was billed, so it is sent again
+                    await self._send(cell, resends=1)
             elif action in ("send", "cache"):
                 await self._send(cell)
         except asyncio.CancelledError:
@@ -317,9 +348,9 @@ class _RunState:
         except Exception as exc:  # a local failure (disk full, cache, ledger): recorded on the cell, sweep goes on
             self._local_error(cell.key, exc)
 
-    async def _send(self, cell: Cell) -> None:
+    async def _send(self, cell: Cell, resends: int = 0) -> None:
         """Send (and, if found cancelled at the server, send once more), then follow and collect."""
-        key, resends = cell.key, 0
+        key = cell.key
         while not self.stopped:
             async with self.slots:
                 if self.stopped:
@@ -328,11 +359,14 @@ class _RunState:
                 identity, base_url = self.client.identity, self.api.base_url
 
                 def sending(key: str = key, track: Track = track, at: str = base_url, who: str = identity) -> None:
-                    self.ledger.mark_submitting(key, at, who)  # committed before the body leaves
+                    self.ledger.mark_submitting(key, at, who)  # committed at the wire, before the body leaves
+                    self.ids.pop(key, None)
                     track.sent = time.monotonic()
 
                 def accepted(request_id: str, key: str = key, track: Track = track) -> None:
-                    track.submitted = time.monotonic()
+                    if key not in self.ids or self.ids[key] != request_id:
+                        track.submitted = time.monotonic()
+                    self.ids[key] = request_id  # kept in memory first: a failed write below is tried again
                     self.tracks[key] = track
                     self.ledger.update(key, status="accepted", request_id=request_id)
 
@@ -425,6 +459,10 @@ class _RunState:
         if found is None or self.cache is None:
             return False
         source, info = found
+        if not intact_image(source):  # cut short or damaged in the cache: never counted as done
+            self.bad_cache += 1
+            self.cache.forget(cell.key)
+            return False
         target = self.run.image_file(cell.key, source.suffix)
         self.cache.copy_to(source, target)
         fields = {k: info.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s",
@@ -438,6 +476,8 @@ class _RunState:
         if nxt.count_attempt:
             row = self.ledger.get(key) or {}
             fields["collect_attempts"] = (row.get("collect_attempts") or 0) + 1
+        if key in self.ids and nxt.state != "planned":  # repairs a request id the ledger could not take at once
+            fields.setdefault("request_id", self.ids[key])
         self.ledger.update(key, status=nxt.state, reason=nxt.reason, error=nxt.error, **fields)
         if nxt.stop and not self.stopped:
             self.stopped = nxt.stop
