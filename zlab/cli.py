@@ -149,8 +149,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cold-jobs", type=int, help="how many jobs start cold (default: the first wave)")
     serve.add_argument("--seed", type=int, default=0, help="seed for the queue regime's draws")
 
-    generate = commands.add_parser("generate", help="generate one image to a file")
-    generate.add_argument("prompt")
+    generate = commands.add_parser("generate", help="generate one image to a file (or --collect a paid one)")
+    generate.add_argument("prompt", nargs="?")
+    generate.add_argument(
+        "--collect", metavar="REQUEST_ID", help="collect the image of a job sent earlier by its request id (no new job)"
+    )
     generate.add_argument(
         "--lora",
         action="append",
@@ -333,11 +336,20 @@ def _generate(args: argparse.Namespace) -> int:
     from zlab.client import Client
     from zlab.core.request import DEFAULT_LORAS, LoRA, Request
 
-    loras = () if args.no_lora else [LoRA(*parse_lora(text)) for text in args.lora] or DEFAULT_LORAS
-    request = Request(args.prompt, loras=loras, width=args.width, height=args.height, seed=args.seed)
+    if (args.prompt is None) == (args.collect is None):
+        raise errors.ValidationError("prompt", args.prompt, "a prompt, or --collect REQUEST_ID (not both)")
     out = _check_out_file(Path(args.out))  # before anything is paid for
-    with Client() as client:
-        generation = client.generate(request, timeout=args.timeout)
+    try:
+        with Client() as client:
+            if args.collect is not None:  # a job paid for earlier: fetched by its id, never sent again
+                generation = client.job(args.collect).download(args.timeout)
+            else:
+                loras = () if args.no_lora else [LoRA(*parse_lora(text)) for text in args.lora] or DEFAULT_LORAS
+                request = Request(args.prompt, loras=loras, width=args.width, height=args.height, seed=args.seed)
+                generation = client.generate(request, timeout=args.timeout)
+    except KeyboardInterrupt:  # the client said what was paid and how to collect it; never "run again"
+        print("zlab: interrupted", file=sys.stderr)
+        return 130
     path = (
         out if out.suffix.lower().replace(".jpeg", ".jpg") == generation.suffix else out.with_suffix(generation.suffix)
     )

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,8 @@ class AsyncClient:
         if base is None:
             base = self._start_local_server()
         self.api = API(base, self.settings.token, transport=transport, timeout=timeout, retry=retry)
-        self.downloads = Downloader(transport=transport)  # its own client: output files never see the token
+        # Its own client (output files never see the token), retried with this client's policy (five tries).
+        self.downloads = Downloader(transport=transport, retry=dataclasses.replace(retry, attempts=5))
         self.endpoint = Endpoint(self.api, self.downloads, self.pacer)
 
     @property
@@ -136,6 +138,11 @@ class AsyncClient:
 
     async def submit(self, request: Request | dict[str, Any], *, model: str | None = None) -> Job:
         """Send one job; returns its handle as soon as the service accepts it (never resent blindly)."""
+        return await self._submit(request, model, None)
+
+    async def _submit(
+        self, request: Request | dict[str, Any], model: str | None, inflight: set[asyncio.Task[Any]] | None
+    ) -> Job:
         model = model or self.model
         if isinstance(request, Request) and model != MODEL_ID:
             raise errors.ConfigError(f"zlab.Request is the schema of {MODEL_ID}; pass a dict for model {model!r}")
@@ -147,7 +154,7 @@ class AsyncClient:
         def sending() -> None:
             track.sent = time.monotonic()
 
-        request_id = await jobs.send(self.api, model, payload, on_send=sending)
+        request_id = await jobs.send(self.api, model, payload, on_send=sending, inflight=inflight)
         track.submitted = time.monotonic()
         return Job(request_id, request, model, self.endpoint, track)
 
@@ -159,32 +166,40 @@ class AsyncClient:
         return await self.api.status(request_id)
 
     async def generate(self, request: Request | dict[str, Any], *, timeout: float = 600.0) -> Generation:
-        """Submit, wait and download: the image and its metadata.
+        """Submit, wait and download: the image and its metadata, all within `timeout` seconds.
 
         If `timeout` passes first, a still-queued job is cancelled (nothing is billed); a running one
         finishes on the server and `WaitTimeout.request_id` lets you collect it with `client.job(id)`.
         A download that fails after the job succeeded says how to collect it again (it is paid for).
+        Interrupted (Ctrl-C), it says what was paid and how to collect it by request id.
         """
         if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
             raise errors.ValidationError("timeout", timeout, "a number of seconds > 0")
-        job = await self.submit(request)
+        deadline = time.monotonic() + timeout
+        sending: set[asyncio.Task[Any]] = set()
         try:
-            return await job.download(timeout)
+            job = await self._submit(request, None, sending)
+        except asyncio.CancelledError:
+            _say(await _interrupted_while_sending(sending))
+            raise
+        try:
+            return await job.download(max(deadline - time.monotonic(), 0.001))
         except errors.WaitTimeout:
             outcome = await _bounded(jobs.cancel(self.api, job.request_id))
             raise errors.WaitTimeout(
                 f"request {job.request_id} did not finish within {timeout:g}s; cancel outcome: {outcome}. "
-                f"If it was running, collect it later with client.job({job.request_id!r}).download()",
+                f"If it was running, collect it later with client.job({job.request_id!r}).download() "
+                f"(or `zlab generate --collect {job.request_id} --out FILE`)",
                 request_id=job.request_id,
             ) from None
         except (errors.DownloadError, errors.ProtocolError, errors.TransportError) as exc:
             raise type(exc)(
                 f"{exc}. The job succeeded and is paid for: collect it again with "
-                f"client.job({job.request_id!r}).download()"
+                f"client.job({job.request_id!r}).download() (or `zlab generate --collect {job.request_id} --out FILE`)"
             ) from exc
         except asyncio.CancelledError:  # interrupted: a queued job is cancelled (free), a running one reported
             outcome = await _bounded(jobs.cancel(self.api, job.request_id))
-            _say(f"zlab: interrupted; request {job.request_id} cancel outcome: {outcome}")
+            _say(interrupted_message(job.request_id, outcome))
             raise
 
     async def run(self, sweep: Sweep, out: str | Path, *, sheet: bool = True, **options: Any) -> RunResult:
@@ -298,6 +313,30 @@ async def _bounded(coro: Any, seconds: float = 8.0) -> str:
             return str(await coro)
     except (errors.ZlabError, TimeoutError) as exc:
         return f"unknown ({type(exc).__name__})"
+
+
+def interrupted_message(request_id: str, cancel_outcome: str) -> str:
+    """What an interrupted `generate` says: what was paid, and how to collect it by its request id."""
+    if cancel_outcome == "cancelled":
+        return f"zlab: interrupted; request {request_id} was cancelled while still queued: nothing is billed"
+    return (
+        f"zlab: interrupted; request {request_id} was accepted and is (or may be) billed (cancel: {cancel_outcome}). "
+        f"Collect its image with `zlab generate --collect {request_id} --out FILE` or "
+        f"client.job({request_id!r}).download(); sending the same command again would pay for a new job"
+    )
+
+
+async def _interrupted_while_sending(sending: set[asyncio.Task[Any]]) -> str:
+    """Ctrl-C during a submit: the shielded send finishes recording; say whether a job was accepted, and its id."""
+    if sending:
+        done, _ = await asyncio.wait(sending, timeout=8.0)
+        for task in done:
+            if not task.cancelled() and task.exception() is None:
+                return interrupted_message(str(task.result()), "not asked")
+    return (
+        "zlab: interrupted while sending the submit: if the service accepted it, the job is billed but zlab never "
+        "heard its request id; nothing was sent again"
+    )
 
 
 def _prime_thumbnail(run_dir: Path, path: Path, image: Any) -> None:

@@ -21,9 +21,6 @@ from zlab.core.polling import Pacer, Track
 from zlab.core.protocol import Outcome
 
 _FINISHED = ("succeeded", "failed", "cancelled")
-LAG_LIMIT_S = 60.0  # how long a job the service said finished is followed for its result within one run
-LAG_FIRST_S = 0.25  # the first wait for a lagging result; doubled each time, up to LAG_CAP_S
-LAG_CAP_S = 8.0
 
 
 class Signal:
@@ -99,9 +96,11 @@ async def follow(
                 try:
                     outcome = await api.result(request_id)
                 except errors.NotFoundError:
+                    # /result may not know a job /status knows (its store lags): /status decides (a 404 there
+                    # too propagates); a job it calls finished is followed as lagging.
                     if not said_finished:
-                        raise
-                    outcome = Outcome("running", lagging=True)
+                        said_finished = (await api.status(request_id)).terminal
+                    outcome = Outcome("running", lagging=said_finished)
                 received = time.monotonic()
                 if outcome.phase not in _FINISHED and (said_finished or outcome.lagging):
                     outcome = await _lagging(api, request_id, deadline)
@@ -129,22 +128,23 @@ async def follow(
 
 async def _lagging(api: API, request_id: str, deadline: float) -> Outcome:
     """The service said the job finished but /result does not show it yet: ask /result alone, waiting
-    longer each time, until it ends or `LAG_LIMIT_S` (or the deadline) passes."""
+    longer each time, until it ends or the policy's `lag_limit_s` (or the deadline) passes."""
+    policy = api.retry
     started = time.monotonic()
-    wait = LAG_FIRST_S
+    wait = policy.lag_first_s
     while True:
         now = time.monotonic()
-        if now + wait > min(deadline, started + LAG_LIMIT_S):
+        if now + wait > min(deadline, started + policy.lag_limit_s):
             if now + wait > deadline:
                 raise errors.WaitTimeout(
                     f"request {request_id} had not shown its result by its deadline", request_id=request_id
                 )
             raise errors.ProtocolError(
-                f"request {request_id} finished but its result showed no image within {LAG_LIMIT_S:.0f} s; "
+                f"request {request_id} finished but its result showed no image within {policy.lag_limit_s:.0f} s; "
                 "it stays collectable by its request id"
             )
         await asyncio.sleep(wait)
-        wait = min(wait * 2, LAG_CAP_S)
+        wait = min(wait * 2, policy.lag_cap_s)
         try:
             outcome = await api.result(request_id)
         except errors.NotFoundError:

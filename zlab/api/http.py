@@ -211,7 +211,7 @@ class API:
         read_error: Callable[[int, Any], Any] | None,
     ) -> Any:
         is_submit = name == "submit"
-        deadline = time.monotonic() + self.retry.deadline_s
+        deadline = time.monotonic() + self.retry.total_s(is_submit)
         headers = self._headers()
         attempt = 0
         while True:
@@ -223,7 +223,7 @@ class API:
             retry_after: float | None = None
             extensions = {ON_SEND: _guarded(on_send)} if on_send is not None else {}
             try:
-                async with asyncio.timeout(self.retry.call_s):
+                async with asyncio.timeout(self.retry.exchange_s(is_submit)):
                     response = await self._http.request(
                         method, url, json=json_body, headers=headers, extensions=extensions
                     )

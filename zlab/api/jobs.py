@@ -155,6 +155,7 @@ class _Seen:
 
     def __init__(self, api: API) -> None:
         self.api, self.seen = api, False
+        self.retry = api.retry
 
     async def status(self, request_id: str) -> Status:
         answer = await self.api.status(request_id)
@@ -284,6 +285,17 @@ class Job:
         return outcome
 
     async def download(self, timeout: float = 600.0) -> Generation:
-        """Wait, then download and check the first output image."""
+        """Wait, then download and check the first output image; `timeout` covers both."""
+        deadline = time.monotonic() + timeout
         outcome = await self.wait(timeout)
-        return await collect(self._endpoint.downloads, self.request or {}, self.request_id, outcome, self._track)
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                return await collect(
+                    self._endpoint.downloads, self.request or {}, self.request_id, outcome, self._track
+                )
+        except TimeoutError:
+            raise errors.DownloadError(
+                f"request {self.request_id} finished but its image did not arrive within the {timeout:g} s timeout",
+                url=outcome.outputs[0][:200] if outcome.outputs else None,
+                transient=True,
+            ) from None

@@ -76,7 +76,9 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process; fsync per checkpoint
             self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
+            # A new ledger gets every column at once (one commit); an older one gains the missing ones below.
+            added = "".join(f", {name} {kind}" for name, kind in _ADDED.items())
+            self._db.executescript(_SCHEMA.replace("updated REAL\n)", f"updated REAL{added}\n)"))
             have = {row[1] for row in self._db.execute("PRAGMA table_info(cells)")}
             for name, kind in _ADDED.items():
                 if name not in have:
