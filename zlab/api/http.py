@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ import httpx
 from zlab import errors
 from zlab.core import protocol
 from zlab.core.config import Secret
-from zlab.core.retry import Fault, RetryPolicy, backoff_s, should_retry
+from zlab.core.retry import SUBMIT_SAFE, Fault, RetryPolicy, backoff_s, should_retry
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=60.0)
 PRICE_TIMEOUT_S = 10.0
@@ -100,15 +101,21 @@ class API:
         await self._http.aclose()
 
     async def submit(
-        self, model: str, payload: dict[str, Any], *, on_send: Callable[[], None] | None = None
+        self,
+        model: str,
+        payload: dict[str, Any],
+        *,
+        on_send: Callable[[], None] | None = None,
+        on_unsent: Callable[[], None] | None = None,
     ) -> protocol.Submitted:
         """POST one job. `on_send` runs right before each attempt leaves (after any 429 pause), so a
-        caller can record "this may now be billed" exactly when it becomes true.
+        caller can record "this may now be billed" exactly when it becomes true; `on_unsent` runs when an
+        attempt's answer proves no job was created (a 429, a connection never made), before any pause.
 
         Raises `SubmitUnknownError` when the job may exist but its id is not known (never resent here).
         """
         url = f"{self.base_url}/v1/models/{quote(model, safe='/')}"
-        body = await self._call("submit", "POST", url, json_body=payload, on_send=on_send)
+        body = await self._call("submit", "POST", url, json_body=payload, on_send=on_send, on_unsent=on_unsent)
         try:
             return protocol.parse_submitted(body, self.base_url)
         except errors.ProtocolError as exc:
@@ -184,12 +191,14 @@ class API:
         on_send: Callable[[], None] | None = None,
         empty_ok: bool = False,
         read_error: Callable[[int, Any], Any] | None = None,
+        on_unsent: Callable[[], None] | None = None,
     ) -> Any:
         """One call with its retries. For a submit, once the body may have left, every failure but a 429 or
         a connection never made is a `SubmitUnknownError` (never resent here), whatever raised it."""
         is_submit = name == "submit"
         try:
-            return await self._attempts(name, method, url, json_body, request_id, on_send, empty_ok, read_error)
+            hooks = (on_send, on_unsent)
+            return await self._attempts(name, method, url, json_body, request_id, hooks, empty_ok, read_error)
         except _NotSent as exc:  # the caller's record failed before anything left: its own error, as is
             raise exc.cause from None
         except (errors.ZlabError, asyncio.CancelledError):
@@ -206,11 +215,12 @@ class API:
         url: str,
         json_body: Any,
         request_id: str | None,
-        on_send: Callable[[], None] | None,
+        hooks: tuple[Callable[[], None] | None, Callable[[], None] | None],
         empty_ok: bool,
         read_error: Callable[[int, Any], Any] | None,
     ) -> Any:
         is_submit = name == "submit"
+        on_send, on_unsent = hooks
         deadline = time.monotonic() + self.retry.total_s(is_submit)
         headers = self._headers()
         attempt = 0
@@ -255,6 +265,9 @@ class API:
                         retry_after = error.retry_after
                     if is_submit and fault is not None and not should_retry(fault, is_submit=True):
                         failure = self._unknown(error)
+            if is_submit and fault in SUBMIT_SAFE and on_unsent is not None:
+                with contextlib.suppress(Exception):  # only a record: failing leaves the cell "maybe sent" (safe)
+                    on_unsent()
             if fault is None or not should_retry(fault, is_submit=is_submit) or attempt >= self.retry.attempts:
                 raise failure
             if retry_after is not None and retry_after > self.retry.max_retry_after_s:

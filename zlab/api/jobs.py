@@ -86,18 +86,20 @@ async def send(
     *,
     on_send: Callable[[], None] | None = None,
     on_accepted: Callable[[str], None] | None = None,
+    on_unsent: Callable[[], None] | None = None,
     inflight: set[asyncio.Task[Any]] | None = None,
 ) -> str:
     """POST one job and record its id, shielded as one step; returns the request id.
 
     `on_send` runs right before the body leaves (the moment it may be billed), `on_accepted` with the
-    id as soon as it is known. `inflight` collects the shielded task so a caller that is interrupted
+    id as soon as it is known, `on_unsent` when an attempt was refused before any job existed (a 429).
+    `inflight` collects the shielded task so a caller that is interrupted
     can wait for the record to be written. Raises `SubmitUnknownError` when the job may exist but its
     id is unknown; it is never resent here.
     """
 
     async def post_and_record() -> str:
-        submitted = await api.submit(model, payload, on_send=on_send)
+        submitted = await api.submit(model, payload, on_send=on_send, on_unsent=on_unsent)
         if on_accepted is not None:
             await _record(on_accepted, submitted.request_id)
         return submitted.request_id

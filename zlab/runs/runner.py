@@ -16,28 +16,25 @@ import collections
 import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import pandas as pd
-
 from zlab import errors
 from zlab.api import jobs
-from zlab.core import runplan
 from zlab.api.loop import say as _say
+from zlab.core import runplan
 from zlab.core.config import cache_root
 from zlab.core.polling import Track
 from zlab.core.pricing import final_cost
-from zlab.runs.progress import Progress
-from zlab.core.table import request_from_row
-from zlab.runs.tables import with_picks
-from zlab.core.runplan import Action, CellView, Next, Stop
-from zlab.runs.result import RunResult
+from zlab.core.runplan import Action, Next, Stop
+from zlab.runs import resume
 from zlab.runs.ledger import Cache, RunDir, intact_image, now_iso, results_frame
+from zlab.runs.progress import Progress
+from zlab.runs.result import RunResult
 from zlab.runs.sweep import SECONDS_PER_IMAGE, Cell, Sweep
+from zlab.runs.tables import with_picks
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -110,7 +107,7 @@ async def run_sweep(
 
     run = RunDir(out, wait_s=wait)
     try:
-        sweep = _seeded(run, sweep)
+        sweep = resume.seeded(run, sweep)
         cells = sweep.cells()
         ledger = run.ledger
         ledger.add((c.key, c.index, c.row(), None) for c in cells)  # costs below, once the price is known
@@ -123,13 +120,15 @@ async def run_sweep(
         broken: list[str] = []
         actions = {
             c.key: runplan.decide(
-                _view(run, rows[c.key], shared, broken), identity=client.identity, retry_unknown=retry_unknown,
+                resume.view(run, rows[c.key], shared, broken), identity=client.identity, retry_unknown=retry_unknown,
                 resend_lost=resend_lost,
             )
             for c in cells
         }  # fmt: skip
         keys = {c.key for c in cells}
-        orphans = [_orphan(row) for row in rows.values() if row["key"] not in keys and row["status"] == "accepted"]
+        orphans = [
+            resume.orphan(row) for row in rows.values() if row["key"] not in keys and row["status"] == "accepted"
+        ]
         collectable = [c for c in orphans if c is not None and rows[c.key]["origin"] == client.identity]
         to_send = [c for c in cells if actions[c.key] == "send"]
         unpriced = [c for c in cells if rows[c.key]["cost_usd"] is None]
@@ -173,8 +172,8 @@ async def run_sweep(
         df = with_picks(df, run.root)  # favourites and ratings from the gallery, as columns
         counts = dict(collections.Counter(df["status"]))
         calls = dict(collections.Counter(client.api.calls) - calls_before)
-        notes = _notes(rows, keys, client.identity, collectable, actions)
-        notes += _integrity_notes(broken, actions, state.bad_cache)
+        notes = resume.notes(rows, keys, client.identity, collectable, actions)
+        notes += resume.integrity_notes(broken, actions, state.bad_cache)
         for word, ids in client.api.unknown_words.items():
             if fresh := ids - words_before.get(word, set()):
                 notes.append(
@@ -192,82 +191,6 @@ async def run_sweep(
         return result
     finally:
         run.close()
-
-
-def _seeded(run: RunDir, sweep: Sweep) -> Sweep:
-    """Seeds drawn for `-1` belong to the directory's slots and are drawn once, forever: editing the sweep
-    (or running another one here and coming back) never redraws a seed a cell already used."""
-    stored = run.ledger.seeds()
-    if not stored:  # a directory from zlab 0.1 kept its draws in sweep.json only
-        spec = run.read_spec() or {}
-        if spec.get("fingerprint") == sweep.fingerprint:
-            stored = [int(s) for s in spec.get("seed_draws", [])]
-    needed = len(sweep.seed_draws)
-    draws = [*stored[:needed], *sweep.seed_draws[len(stored) : needed]]
-    run.ledger.keep_seeds(draws)
-    return sweep.with_seed_draws(draws) if draws != list(sweep.seed_draws) else sweep
-
-
-def _view(run: RunDir, row: dict[str, Any], cache: Cache | None, broken: list[str]) -> CellView:
-    """What `decide` needs of one cell; an image counts only if it decodes (a cut-short file is noted in
-    `broken` and fetched again by request id, or rendered again)."""
-    state = row["status"]
-    path = row["image_path"]
-    has_image = False
-    if state == "succeeded" and path and (run.root / path).is_file():
-        has_image = intact_image(run.root / path)
-        if not has_image:
-            broken.append(row["key"])
-    if not has_image:
-        has_image = run.existing_image(row["key"]) is not None
-    cached = cache is not None and not has_image and cache.lookup(row["key"]) is not None
-    return CellView(state, has_image, cached, row.get("origin") or row.get("base_url"), bool(row.get("request_id")))
-
-
-def _integrity_notes(broken: list[str], actions: dict[str, Action], bad_cache: int) -> list[str]:
-    notes = []
-    refetch = sum(1 for key in broken if actions.get(key) == "collect")
-    if refetch:
-        notes.append(f"{refetch} image(s) in the run directory did not decode: fetched again by request id")
-    if len(broken) > refetch:
-        notes.append(f"{len(broken) - refetch} image(s) in the run directory did not decode: rendered again")
-    if bad_cache:
-        notes.append(f"{bad_cache} image(s) in the shared cache did not decode: not used, rendered again")
-    return notes
-
-
-def _orphan(row: dict[str, Any]) -> Cell | None:
-    """A cell of an earlier sweep in this directory whose job was accepted: still collected, never dropped."""
-    try:
-        request = request_from_row(json.loads(row["params"]))
-    except (errors.ValidationError, KeyError, TypeError):
-        return None
-    return Cell(row["idx"] or 0, request, {}) if request.key == row["key"] else None
-
-
-def _notes(
-    rows: dict[str, dict[str, Any]], keys: set[str], identity: str, orphans: list[Cell], actions: dict[str, Action]
-) -> list[str]:
-    notes = []
-    elsewhere = collections.Counter(
-        rows[k].get("origin") or rows[k].get("base_url") for k, action in actions.items() if action == "elsewhere"
-    )
-    for origin, n in elsewhere.items():
-        notes.append(
-            f"{n} accepted job(s) belong to the API at {origin}, not {identity}: set ZLAB_BASE_URL={origin} "
-            "(with its token) and run the same command again to collect them; they were not resent"
-        )
-    if orphans:
-        notes.append(f"collected {len(orphans)} accepted job(s) of cells no longer in this sweep (kept in the ledger)")
-    others = [
-        r for k, r in rows.items() if k not in keys and r["status"] == "accepted" and r["origin"] != runplan.BUILTIN
-    ]
-    if len(others) > len(orphans):
-        notes.append(
-            f"{len(others) - len(orphans)} accepted job(s) of cells no longer in this sweep belong to another API; "
-            "they stay in the ledger"
-        )
-    return notes
 
 
 def _open_cache(client: Service, cache: bool | str | Path) -> Cache | None:
@@ -338,7 +261,7 @@ class _RunState:
                 row = self.ledger.get(cell.key) or {}
                 async with self.slots:
                     track = Track(time.monotonic(), megapixels=cell.request.megapixels)
-                    again = await self._follow(cell, row["request_id"], track, grace_until=_grace(row))
+                    again = await self._follow(cell, row["request_id"], track, grace_until=resume.grace(row))
                 if again:  # found cancelled at the server: nothing was billed, so it is sent again
                     await self._send(cell, resends=1)
             elif action in ("send", "cache"):
@@ -370,11 +293,13 @@ class _RunState:
                     self.tracks[key] = track
                     self.ledger.update(key, status="accepted", request_id=request_id)
 
+                def unsent(key: str = key) -> None:  # refused before any job existed: a crash now costs nothing
+                    self.ledger.update(key, status="planned")
+
                 try:
                     request_id = await jobs.send(
                         self.api, self.client.model, cell.request.to_input(),
-                        on_send=sending,
-                        on_accepted=accepted, inflight=self.inflight,
+                        on_send=sending, on_accepted=accepted, on_unsent=unsent, inflight=self.inflight,
                     )  # fmt: skip
                 except asyncio.CancelledError:
                     raise
@@ -528,15 +453,6 @@ class _RunState:
             f"zlab: interrupted: {cancelled} queued job(s) cancelled, {len(open_jobs) - cancelled} running job(s) "
             "recorded; run the same command again to collect them"
         )
-
-
-def _grace(row: dict[str, Any]) -> float:
-    """Until when a 404 for a job accepted in an earlier run still means "not visible yet" (monotonic)."""
-    try:
-        accepted = pd.Timestamp(row["submitted_at"]).timestamp()
-    except (TypeError, ValueError):
-        return time.monotonic()
-    return time.monotonic() + max(0.0, jobs.NOT_FOUND_GRACE_S - (time.time() - accepted))
 
 
 def _times(outcome: Any, track: Track) -> dict[str, Any]:
