@@ -12,7 +12,6 @@ still in progress), what a success body says in `error_code`, how a cancel lands
 202, or a moment later), redirects, file formats and content types.
 
     srv.set_dialect(1234)        # live, from any thread; set_dialect(None) returns to the named quirks
-    zlab serve --dialect 1234
 
 Everything here is a pure decision over a job's state: the app (`zlab.server.app`) calls
 `status_answer`, `result_answer` and `cancel_answer`, and takes ids from `new_id`.
