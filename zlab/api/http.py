@@ -245,7 +245,12 @@ class API:
                 fault, failure = "lost", self._lost(name, exc, request_id)
             else:
                 body = _json_or_none(response)
-                if is_submit and response.is_success and isinstance(body, dict) and "request_id" in body:
+                if (
+                    is_submit
+                    and response.is_success
+                    and isinstance(body, dict)
+                    and body.get("request_id") not in (None, "")
+                ):
                     return body  # a 2xx naming a request id: the job exists, whatever else the body says
                 if read_error is not None and (read := read_error(response.status_code, body)) is not None:
                     return read
