@@ -62,7 +62,7 @@ class Service(Protocol):
     async def pricing(self) -> Pricing: ...
 
 
-CANCEL_DEADLINE_S = 8.0
+CANCEL_DEADLINE_S = jobs.CANCEL_DEADLINE_S
 
 
 async def run_sweep(
@@ -214,6 +214,7 @@ class _RunState:
         self.cell_timeout, self.cache = cell_timeout, cache
         self.on_image: Callable[[Path, Path, Image.Image], None] | None = None
         self.progress = Progress(0, 0, False)
+        self.endpoint = jobs.Endpoint(client.api, client.downloads, client.pacer)
         self.tracks: dict[str, Track] = {}
         self.ids: dict[str, str] = {}  # request ids heard in this run, kept even if the ledger could not take them
         self.bad_cache = 0
@@ -260,8 +261,7 @@ class _RunState:
             elif action == "collect":
                 row = self.ledger.get(cell.key) or {}
                 async with self.slots:
-                    track = Track(time.monotonic(), megapixels=cell.request.megapixels)
-                    again = await self._follow(cell, row["request_id"], track, grace_until=resume.grace(row))
+                    again = await self._job(cell, row["request_id"], grace_until=resume.grace(row))
                 if again:  # found cancelled at the server: nothing was billed, so it is sent again
                     await self._send(cell, resends=1)
             elif action in ("send", "cache"):
@@ -273,74 +273,70 @@ class _RunState:
 
     async def _send(self, cell: Cell, resends: int = 0) -> None:
         """Send (and, if found cancelled at the server, send once more), then follow and collect."""
-        key = cell.key
         while not self.stopped:
             async with self.slots:
                 if self.stopped:
                     return
-                track = Track(time.monotonic(), megapixels=cell.request.megapixels)
-                identity, base_url = self.client.identity, self.api.base_url
-
-                def sending(key: str = key, track: Track = track, at: str = base_url, who: str = identity) -> None:
-                    self.ledger.mark_submitting(key, at, who)  # committed at the wire, before the body leaves
-                    self.ids.pop(key, None)
-                    track.sent = time.monotonic()
-
-                def accepted(request_id: str, key: str = key, track: Track = track) -> None:
-                    if key not in self.ids or self.ids[key] != request_id:
-                        track.submitted = time.monotonic()
-                    self.ids[key] = request_id  # kept in memory first: a failed write below is tried again
-                    self.tracks[key] = track
-                    self.ledger.update(key, status="accepted", request_id=request_id)
-
-                def unsent(key: str = key) -> None:  # refused before any job existed: a crash now costs nothing
-                    self.ledger.update(key, status="planned")
-
-                try:
-                    request_id = await jobs.send(
-                        self.api, self.client.model, cell.request.to_input(),
-                        on_send=sending, on_accepted=accepted, on_unsent=unsent, inflight=self.inflight,
-                    )  # fmt: skip
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._apply(key, runplan.after_submit_error(exc))
-                    return
-                again = await self._follow(cell, request_id, track, resends=resends)
+                again = await self._job(cell, None, resends=resends)
             if not again:
                 return
             resends += 1
 
-    async def _follow(
-        self, cell: Cell, request_id: str, track: Track, *, resends: int = 0, grace_until: float | None = None
+    async def _job(
+        self, cell: Cell, request_id: str | None, *, resends: int = 0, grace_until: float | None = None
     ) -> bool:
-        """Follow a paid job to its image; True when it was found cancelled and should be sent again.
+        """One cell's job through the one job path (`jobs.run_job`: a new one when `request_id` is None), with
+        this run's ledger, progress and tracks as its hooks; True when it was found cancelled (send it again).
 
         The deadline counts from the submit (a job resumed from an earlier run: from now)."""
         key = cell.key
-        self.tracks[key] = track
-        self._show(key, "queued")
-        deadline = track.submitted + self.cell_timeout
+        identity, base_url = self.client.identity, self.api.base_url
+
+        def sending() -> None:
+            self.ledger.mark_submitting(key, base_url, identity)  # committed at the wire, before the body leaves
+            self.ids.pop(key, None)
+
+        def accepted(new_id: str) -> None:
+            self.ids[key] = new_id  # kept in memory first: a failed write below is tried again
+            self.ledger.update(key, status="accepted", request_id=new_id)
+
+        def unsent() -> None:  # refused before any job existed: a crash now costs nothing
+            self.ledger.update(key, status="planned")
+
+        def following(track: Track) -> None:
+            self.tracks[key] = track
+            self._show(key, "queued")
+
+        if request_id is not None:
+            self.ids[key] = request_id
+        hooks = jobs.Hooks(sending, accepted, unsent, following, self.inflight)
         try:
-            outcome = await jobs.wait(
-                self.api, request_id, track, self.client.pacer, deadline=deadline, grace_until=grace_until
-            )
-            if outcome.phase != "succeeded":
-                nxt = runplan.after_outcome(outcome.phase, outcome.error, resends)
-                self._apply(key, nxt, **_times(outcome, track))
-                return nxt.state == "planned"
-            generation = await jobs.collect(self.client.downloads, cell.request, request_id, outcome, track)
-            await self._save(cell, generation)
+            result = await jobs.run_job(
+                self.endpoint, self.client.model, cell.request, timeout=self.cell_timeout, hooks=hooks,
+                request_id=request_id, grace_until=grace_until,
+            )  # fmt: skip
+            if isinstance(result, jobs.Generation):
+                await self._save(cell, result)
         except asyncio.CancelledError:
             raise
-        except errors.WaitTimeout as exc:
-            cancelled = await self._cancel(request_id) == "cancelled"
-            self._apply(key, runplan.after_collect_error(exc, 0, timed_out_cancelled=cancelled))
         except Exception as exc:
-            attempts = (self.ledger.get(key) or {}).get("collect_attempts") or 0
-            self._apply(key, runplan.after_collect_error(exc, attempts))
+            if key not in self.ids:  # never accepted: the submit's failure
+                self._apply(key, runplan.after_submit_error(exc))
+            else:
+                attempts = (self.ledger.get(key) or {}).get("collect_attempts") or 0
+                self._apply(key, runplan.after_collect_error(exc, attempts))
+            return False
         finally:
             self.tracks.pop(key, None)
+        if isinstance(result, jobs.TimedOut):
+            cancelled = result.cancel == "cancelled"
+            self._apply(key, runplan.after_collect_error(result.error, 0, timed_out_cancelled=cancelled))
+        elif isinstance(result, jobs.Ended):
+            nxt = runplan.after_outcome(result.outcome.phase, result.outcome.error, resends)
+            finished = result.outcome.finished_at
+            self._apply(key, nxt, finished_at=finished.isoformat() if finished else now_iso(),
+                        queue_s=result.queue_s, run_s=result.run_s)  # fmt: skip
+            return nxt.state == "planned"
         return False
 
     async def _save(self, cell: Cell, gen: jobs.Generation) -> None:
@@ -422,13 +418,6 @@ class _RunState:
             )  # fmt: skip
         self._show(key, "failed", finished=True)
 
-    async def _cancel(self, request_id: str) -> str:
-        try:
-            async with asyncio.timeout(CANCEL_DEADLINE_S):
-                return await jobs.cancel(self.api, request_id)
-        except (errors.ZlabError, TimeoutError):
-            return "unknown"
-
     async def stop(self, say: Callable[[str], None]) -> None:
         """After an interrupt: let in-flight submits record their ids, then cancel what is still queued."""
         if self.inflight:
@@ -439,7 +428,7 @@ class _RunState:
         ]
 
         async def cancel(row: dict[str, Any]) -> bool:
-            if await self._cancel(row["request_id"]) != "cancelled":
+            if await jobs.cancel_bounded(self.api, row["request_id"]) != "cancelled":
                 return False
             self.ledger.update(
                 row["key"], status="cancelled", reason="cancelled by you (Ctrl-C) while queued",
@@ -453,9 +442,3 @@ class _RunState:
             f"zlab: interrupted: {cancelled} queued job(s) cancelled, {len(open_jobs) - cancelled} running job(s) "
             "recorded; run the same command again to collect them"
         )
-
-
-def _times(outcome: Any, track: Track) -> dict[str, Any]:
-    queue_s, run_s = jobs.timings(outcome, track)
-    finished = outcome.finished_at.isoformat() if outcome.finished_at else now_iso()
-    return {"finished_at": finished, "queue_s": queue_s, "run_s": run_s}
