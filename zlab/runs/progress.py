@@ -19,6 +19,7 @@ import collections
 import contextlib
 import dataclasses
 import html
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from zlab.api.download import write_atomic
-from zlab.core.table import AXIS_PREFERENCE, axis_rank, sheet_axes, varying_columns
 from zlab.errors import ValidationError
+from zlab.core.table import AXIS_PREFERENCE, axis_rank, sheet_axes, varying_columns
 
 __all__ = [
     "AXIS_PREFERENCE",
