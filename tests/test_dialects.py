@@ -94,9 +94,14 @@ def check_a_run(srv: LocalServer, client: Client, dialect: Dialect, faults: Faul
     srv.set_dialect(dialect)
     srv.set_faults(faults)
     srv.stats.reset()
+    with tempfile.TemporaryDirectory(prefix="zlab-dialect-", dir=SCRATCH) as scratch:
+        check_in(srv, client, dialect, faults, Path(scratch))
+
+
+def check_in(srv: LocalServer, client: Client, dialect: Dialect, faults: Faults, out: Path) -> None:
+    """The sweep, its rerun and a `generate`, each checked (see `check_a_run`)."""
     base = Request("a fox, t3chnic4lly", loras=[], width=256, height=256, seed=dialect.seed % 1000)
     sweep = Sweep(base, {"seed": [base.seed, base.seed + 1]})
-    out = Path(tempfile.mkdtemp(prefix="zlab-dialect-", dir=SCRATCH))
     lines: list[str] = []
     options = dict(progress=False, cache=False, echo=lines.append, sheet=False, cell_timeout=30.0)
     first = client.run(sweep, out, **options)
