@@ -12,7 +12,7 @@ import pytest
 from zlab import errors
 from zlab.client import AsyncClient, Client
 from zlab.core.config import RUNCOMFY_BASE_URL, resolve_settings
-from zlab.core.request import LoRA, Request
+from zlab.core.request import MODEL_ID, LoRA, Request
 from zlab.core.retry import RetryPolicy
 from zlab.server import Faults, LocalServer
 
@@ -190,15 +190,45 @@ def test_oversized_output_is_refused():
             client.generate(SMALL)
 
 
-def test_unknown_status_is_an_error_not_an_endless_wait():
+def _tiny_png_uri() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (SMALL.width, SMALL.height), (200, 10, 10)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_an_unknown_status_is_followed_as_still_going_until_a_known_end():
+    words = iter(["hibernating", "Hibernating", "COMPLETED"])
+    calls = []
+
     def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.method == "POST":
+            return httpx.Response(200, json={"request_id": "r1"})
+        if request.url.path.endswith("/status"):
+            return httpx.Response(200, json={"request_id": "r1", "status": next(words, "COMPLETED")})
+        return httpx.Response(200, json={"status": "Done", "outputs": {"9": [{"url": _tiny_png_uri()}]}})
+
+    with Client(token="t", base_url="http://api.test", transport=httpx.MockTransport(answer)) as client:
+        gen = client.generate(SMALL, timeout=30)
+    assert gen.size == (SMALL.width, SMALL.height) and calls.count("/v1/models/" + MODEL_ID) == 1
+
+
+def test_an_unknown_status_that_never_ends_is_bounded_by_the_deadline():
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/cancel"):
+            return httpx.Response(202, json={"request_id": "r1", "outcome": "not_cancellable"})
         if request.method == "POST":
             return httpx.Response(200, json={"request_id": "r1"})
         return httpx.Response(200, json={"request_id": "r1", "status": "hibernating"})
 
     with Client(token="t", base_url="http://api.test", transport=httpx.MockTransport(answer)) as client:
-        with pytest.raises(errors.ProtocolError, match="hibernating"):
-            client.generate(SMALL, timeout=5)
+        with pytest.raises(errors.WaitTimeout, match="r1"):
+            client.generate(SMALL, timeout=1.5)
 
 
 def test_auth_errors_say_what_to_do():

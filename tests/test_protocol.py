@@ -8,6 +8,7 @@ from zlab import errors
 from zlab.core.protocol import (
     Price,
     error_from_answer,
+    failed_result,
     output_urls,
     parse_cancel,
     parse_outcome,
@@ -48,12 +49,37 @@ def test_both_vocabularies_and_positions():
     assert parse_outcome({"status": "in_progress"}).phase == "running"
 
 
-def test_unknown_status_is_an_error_not_a_wait():
-    with pytest.raises(errors.ProtocolError, match="unknown job status"):
-        parse_status({"status": "paused_forever"})
-    with pytest.raises(errors.ProtocolError):
-        parse_outcome({"status": "succeeded", "output": {}})
-    with pytest.raises(errors.ProtocolError):
+@pytest.mark.parametrize("word", ["paused_forever", "BOOTING_GPU", "Warming", "", None, 7])
+def test_an_unknown_status_word_is_a_phase_still_going_and_named(word):
+    status = parse_status({"status": word})
+    assert status.phase == "running" and not status.terminal and status.word is not None
+    outcome = parse_outcome({"status": word})
+    assert not outcome.finished and outcome.word is not None
+
+
+@pytest.mark.parametrize(
+    ("word", "phase"),
+    [("COMPLETED", "completed"), ("Succeeded", "succeeded"), ("IN_QUEUE", "queued"), ("In-Progress", "running"),
+     ("CANCELED", "cancelled"), ("FAILED", "failed"), ("starting", "running")],
+)  # fmt: skip
+def test_status_words_compare_case_insensitively(word, phase):
+    status = parse_status({"status": word})
+    assert (status.phase, status.word) == (phase, None)
+
+
+def test_terminal_only_on_a_terminal_word_an_output_or_an_explicit_error():
+    done = parse_outcome({"status": "DONE", "output": {"image": "http://x/a.png"}})
+    assert done.phase == "succeeded" and done.outputs == ("http://x/a.png",)
+    broken = parse_outcome({"status": "exploded", "error": "GPU fell off"})
+    assert broken.phase == "failed" and broken.error == "GPU fell off"
+    assert parse_status({"status": "weird", "output": "http://x/a.png"}).terminal
+
+
+def test_a_finished_result_with_no_output_yet_is_lagging_not_an_error():
+    for output in ({}, [], None, "", {"images": []}, {"image": None}):
+        lag = parse_outcome({"status": "succeeded", "output": output})
+        assert lag.lagging and not lag.finished
+    with pytest.raises(errors.ProtocolError, match="no http"):  # something there, but nothing zlab can fetch
         parse_outcome({"status": "succeeded", "output": {"image": "file:///etc/passwd"}})
 
 
@@ -72,6 +98,9 @@ def test_failed_is_visible_only_on_result():
         [{"url": "https://cdn/a.png", "content_type": "image/png"}],
         {"images": [{"url": "https://cdn/a.png"}]},
         {"result": {"files": [{"meta": 1, "url": "https://cdn/a.png"}]}},
+        {"9": {"images": [{"filename": "a.png", "url": "https://cdn/a.png", "content_type": "image/png"}]}},
+        {"SaveImage": ["https://cdn/a.png"]},
+        [{"uri": "https://cdn/a.png", "filename": "a.png"}],
     ],
 )
 def test_every_output_shape_gives_its_url(output):
@@ -174,3 +203,67 @@ def test_retry_after_seconds_and_dates():
     now = datetime(2026, 1, 1, tzinfo=UTC)
     date = (now + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(date, now=now) == 30
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "-0.1", "Thu, 01 Jan 1970 00:00:00 GMT", "inf", "nan"])
+def test_a_retry_after_of_zero_negative_or_past_leaves_the_wait_to_zlab(raw):
+    assert parse_retry_after(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (403, {"error_code": 400002, "error_message": "no balance"}, errors.InsufficientBalance),
+        (401, {"code": 400002, "message": "insufficient funds"}, errors.InsufficientBalance),
+        (200, {"error_code": 429, "error_message": "slow down"}, errors.RateLimitedError),
+        (200, {"code": "429001", "message": "slow down"}, errors.RateLimitedError),
+        (200, {"code": 500001, "message": "boom"}, errors.ServerError),
+        (404, {"detail": "Result not ready yet"}, errors.NotReady),
+        (400, {"detail": "job is still processing"}, errors.NotReady),
+        (409, {"message": "request in progress"}, errors.NotReady),
+        (404, {"detail": "Not Found"}, errors.NotFoundError),
+    ],
+)
+def test_the_code_family_decides_wherever_it_sits(status, body, kind):
+    assert type(error_from_answer(status, body, request_id="r1")) is kind
+
+
+@pytest.mark.parametrize("code", [0, "", "0", None, False])
+def test_a_zero_or_empty_error_code_is_a_success(code):
+    assert error_from_answer(200, {"request_id": "r", "error_code": code}) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "failed"),
+    [
+        (500, {"status": "failed", "error": "Model run failed"}, True),
+        (500, {"detail": "CUDA out of memory"}, True),
+        (422, {"detail": [{"msg": "bad lora"}]}, True),
+        (500, {"error_code": 500000, "error_message": "internal"}, False),
+        (500, {"detail": "Internal Server Error"}, False),
+        (503, {"message": "unavailable"}, False),
+        (500, None, False),
+        (404, {"detail": "missing"}, False),
+    ],
+)
+def test_a_failed_job_reported_as_an_http_error_on_result(status, body, failed):
+    outcome = failed_result(status, body)
+    assert (outcome is not None and outcome.phase == "failed" and outcome.error) if failed else outcome is None
+
+
+def test_data_uris_and_every_image_are_found():
+    data = "data:image/png;base64,iVBORw0KGgo="
+    body = {"status": "completed", "outputs": {"9": {"images": [{"url": data}, {"url": "https://c/2.png"}]}}}
+    assert parse_outcome(body).outputs == (data, "https://c/2.png")
+
+
+@pytest.mark.parametrize("request_id", [".", "..", "...", "a..b"])
+def test_dot_ids_stay_one_segment_that_no_normaliser_collapses(request_id):
+    import httpx
+
+    status_url = parse_submitted({"request_id": request_id}, "http://h:1").status_url
+    path = httpx.URL(status_url).raw_path.decode()
+    segment = path.removeprefix("/v1/requests/").removesuffix("/status")
+    from urllib.parse import unquote
+
+    assert unquote(segment) == request_id and path.endswith("/status") and path.startswith("/v1/requests/")

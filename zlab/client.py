@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from zlab.api.jobs import Endpoint, Generation, Job
 from zlab.api.loop import in_notebook
 from zlab.api.loop import say as _say
 from zlab.core.config import LocalSettings, Secret, Settings, environment, is_loopback, resolve_settings
-from zlab.core.polling import Pacer, Track
+from zlab.core.polling import Pacer
 from zlab.core.pricing import Pricing, resolve_pricing
 from zlab.core.protocol import CancelOutcome, Outcome, Status
 from zlab.core.request import MODEL_ID, Request, is_local_path
@@ -69,7 +70,8 @@ class AsyncClient:
         if base is None:
             base = self._start_local_server()
         self.api = API(base, self.settings.token, transport=transport, timeout=timeout, retry=retry)
-        self.downloads = Downloader(transport=transport)  # its own client: output files never see the token
+        # Its own client (output files never see the token), retried with this client's policy (five tries).
+        self.downloads = Downloader(transport=transport, retry=dataclasses.replace(retry, attempts=5))
         self.endpoint = Endpoint(self.api, self.downloads, self.pacer)
 
     @property
@@ -136,20 +138,24 @@ class AsyncClient:
 
     async def submit(self, request: Request | dict[str, Any], *, model: str | None = None) -> Job:
         """Send one job; returns its handle as soon as the service accepts it (never resent blindly)."""
-        model = model or self.model
-        if isinstance(request, Request) and model != MODEL_ID:
-            raise errors.ConfigError(f"zlab.Request is the schema of {MODEL_ID}; pass a dict for model {model!r}")
-        self.check_request(request)
-        payload = request.to_input() if isinstance(request, Request) else dict(request)
-        megapixels = request.megapixels if isinstance(request, Request) else None
-        track = Track(time.monotonic(), megapixels=megapixels)
+        model = self._model_for(request, model)
+        track = jobs.new_track(request)
 
         def sending() -> None:
             track.sent = time.monotonic()
 
+        payload = request.to_input() if isinstance(request, Request) else dict(request)
         request_id = await jobs.send(self.api, model, payload, on_send=sending)
         track.submitted = time.monotonic()
         return Job(request_id, request, model, self.endpoint, track)
+
+    def _model_for(self, request: Request | dict[str, Any], model: str | None) -> str:
+        """The model to send `request` to, after the checks that refuse it before anything is sent."""
+        model = model or self.model
+        if isinstance(request, Request) and model != MODEL_ID:
+            raise errors.ConfigError(f"zlab.Request is the schema of {MODEL_ID}; pass a dict for model {model!r}")
+        self.check_request(request)
+        return model
 
     def job(self, request_id: str, request: Request | dict[str, Any] | None = None) -> Job:
         """A handle for a job submitted earlier (e.g. by a run that was interrupted)."""
@@ -160,33 +166,47 @@ class AsyncClient:
         return await self.api.status(request_id)
 
     async def generate(self, request: Request | dict[str, Any], *, timeout: float = 600.0) -> Generation:
-        """Submit, wait and download: the image and its metadata.
+        """Submit, wait and download: the image and its metadata, all within `timeout` seconds.
 
         If `timeout` passes first, a still-queued job is cancelled (nothing is billed); a running one
         finishes on the server and `WaitTimeout.request_id` lets you collect it with `client.job(id)`.
         A download that fails after the job succeeded says how to collect it again (it is paid for).
+        Interrupted (Ctrl-C), it says what was paid and how to collect it by request id.
         """
         if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
             raise errors.ValidationError("timeout", timeout, "a number of seconds > 0")
-        job = await self.submit(request)
+        model = self._model_for(request, None)
+        sending: set[asyncio.Task[Any]] = set()
+        ids: list[str] = []
+        hooks = jobs.Hooks(on_accepted=ids.append, inflight=sending)
         try:
-            return await job.download(timeout)
-        except errors.WaitTimeout:
-            outcome = await _bounded(jobs.cancel(self.api, job.request_id))
-            raise errors.WaitTimeout(
-                f"request {job.request_id} did not finish within {timeout:g}s; cancel outcome: {outcome}. "
-                f"If it was running, collect it later with client.job({job.request_id!r}).download()",
-                request_id=job.request_id,
-            ) from None
+            result = await jobs.run_job(self.endpoint, model, request, timeout=timeout, hooks=hooks)
+        except asyncio.CancelledError:  # interrupted: a queued job is cancelled (free), a running one reported
+            if not ids:
+                _say(await _interrupted_while_sending(sending))
+                raise
+            outcome = await jobs.cancel_bounded(self.api, ids[0])
+            _say(interrupted_message(ids[0], outcome))
+            raise
         except (errors.DownloadError, errors.ProtocolError, errors.TransportError) as exc:
+            if not ids:  # nothing was accepted (or its id is unknown): the error as it is
+                raise
             raise type(exc)(
                 f"{exc}. The job succeeded and is paid for: collect it again with "
-                f"client.job({job.request_id!r}).download()"
+                f"client.job({ids[0]!r}).download() (or `zlab generate --collect {ids[0]} --out FILE`)"
             ) from exc
-        except asyncio.CancelledError:  # interrupted: a queued job is cancelled (free), a running one reported
-            outcome = await _bounded(jobs.cancel(self.api, job.request_id))
-            _say(f"zlab: interrupted; request {job.request_id} cancel outcome: {outcome}")
-            raise
+        if isinstance(result, jobs.TimedOut):
+            raise errors.WaitTimeout(
+                f"request {result.request_id} did not finish within {timeout:g}s; cancel outcome: {result.cancel}. "
+                f"If it was running, collect it later with client.job({result.request_id!r}).download() "
+                f"(or `zlab generate --collect {result.request_id} --out FILE`)",
+                request_id=result.request_id,
+            )
+        if isinstance(result, jobs.Ended):
+            failure = jobs.failure_of(result.request_id, result.outcome)
+            assert failure is not None
+            raise failure
+        return result
 
     async def run(self, sweep: Sweep, out: str | Path, *, sheet: bool = True, **options: Any) -> RunResult:
         """Run a sweep into a run directory (resumable); see `zlab.runs.runner.run_sweep` for options.
@@ -322,13 +342,28 @@ class Client:
         self.close()
 
 
-async def _bounded(coro: Any, seconds: float = 8.0) -> str:
-    """A clean-up call that must not hang an exit: its answer, or why there is none."""
-    try:
-        async with asyncio.timeout(seconds):
-            return str(await coro)
-    except (errors.ZlabError, TimeoutError) as exc:
-        return f"unknown ({type(exc).__name__})"
+def interrupted_message(request_id: str, cancel_outcome: str) -> str:
+    """What an interrupted `generate` says: what was paid, and how to collect it by its request id."""
+    if cancel_outcome == "cancelled":
+        return f"zlab: interrupted; request {request_id} was cancelled while still queued: nothing is billed"
+    return (
+        f"zlab: interrupted; request {request_id} was accepted and is (or may be) billed (cancel: {cancel_outcome}). "
+        f"Collect its image with `zlab generate --collect {request_id} --out FILE` or "
+        f"client.job({request_id!r}).download(); sending the same command again would pay for a new job"
+    )
+
+
+async def _interrupted_while_sending(sending: set[asyncio.Task[Any]]) -> str:
+    """Ctrl-C during a submit: the shielded send finishes recording; say whether a job was accepted, and its id."""
+    if sending:
+        done, _ = await asyncio.wait(sending, timeout=8.0)
+        for task in done:
+            if not task.cancelled() and task.exception() is None:
+                return interrupted_message(str(task.result()), "not asked")
+    return (
+        "zlab: interrupted while sending the submit: if the service accepted it, the job is billed but zlab never "
+        "heard its request id; nothing was sent again"
+    )
 
 
 def _prime_thumbnail(run_dir: Path, path: Path, image: Any) -> None:

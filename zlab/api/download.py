@@ -11,12 +11,14 @@ atomic: a crash never leaves half a file that a later run could mistake for a fi
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import io
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 from PIL import Image
@@ -27,7 +29,10 @@ from zlab.errors import DownloadError
 MAX_BYTES = 64 * 1024 * 1024  # a 1536×1536 PNG is ~7 MB at worst; 64 MB is clearly not an image we asked for
 MAX_PIXELS = 1536 * 1536 * 4
 MAX_REDIRECTS = 5
-FILE_DEADLINE_S = 180.0  # one file, all its bytes
+FILE_DEADLINE_S = 180.0  # one file, all its bytes, at most
+FILE_FIRST_BYTES_S = 20.0  # until the answer's headers, and the base of a file's deadline
+MIN_RATE = 64 * 1024  # bytes/s a file must at least arrive at: its deadline scales with its announced size
+FETCH_TOTAL_S = 150.0  # one file with all its retries: a trickling file never holds a cell much longer
 _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 _TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=30.0)
 
@@ -67,8 +72,9 @@ class Downloader:
         await self._http.aclose()
 
     async def get(self, url: str) -> Downloaded:
-        """Fetch and check one output image; raises DownloadError saying what was wrong."""
-        data = await self.fetch(url)
+        """Fetch and check one output image (an inline `data:` URI is read, not fetched); raises
+        DownloadError saying what was wrong."""
+        data = read_data_uri(url, self.max_bytes) if url[:5].lower() == "data:" else await self.fetch(url)
         image = decode_image(data, url=url)
         return Downloaded(url, data, image, image_suffix(data))
 
@@ -77,10 +83,12 @@ class Downloader:
         if urlsplit(url).scheme not in ("http", "https"):
             raise DownloadError(f"refusing to fetch output URL {url!r}: only http(s) URLs are downloaded", url=url)
         self.files += 1
+        give_up = asyncio.get_running_loop().time() + max(self.deadline_s, FETCH_TOTAL_S)
         for attempt in range(1, self.retry.attempts + 1):
             try:
-                async with asyncio.timeout(self.deadline_s):
-                    status, data = await self._once(url)
+                first = min(self.deadline_s, FILE_FIRST_BYTES_S, give_up - asyncio.get_running_loop().time())
+                async with asyncio.timeout(max(0.0, first)) as limit:
+                    status, data = await self._once(url, limit, give_up)
             except DownloadError:
                 raise
             except (httpx.TooManyRedirects, httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
@@ -89,7 +97,10 @@ class Downloader:
                 if attempt >= self.retry.attempts:
                     what = "took longer than the file deadline" if isinstance(exc, TimeoutError) else type(exc).__name__
                     raise DownloadError(f"could not download {url}: {what}", url=url, transient=True) from exc
-                await asyncio.sleep(backoff_s(self.retry, attempt, "lost"))
+                wait = backoff_s(self.retry, attempt, "lost")
+                if asyncio.get_running_loop().time() + wait >= give_up:
+                    raise DownloadError(f"could not download {url}: out of time", url=url, transient=True) from exc
+                await asyncio.sleep(wait)
                 continue
             if status == 200:
                 return data
@@ -99,13 +110,17 @@ class Downloader:
             raise DownloadError(f"output file answered HTTP {status}: {url}", url=url, transient=True)
         raise DownloadError(f"could not download {url} after {self.retry.attempts} attempts", url=url, transient=True)
 
-    async def _once(self, url: str) -> tuple[int, bytes]:
+    async def _once(self, url: str, limit: asyncio.Timeout, give_up: float) -> tuple[int, bytes]:
         async with self._http.stream("GET", url, headers={"Accept": "image/*"}) as response:
             if response.status_code != 200:
                 return response.status_code, b""
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise DownloadError(f"output file is {int(declared):,} bytes, over the {self.max_bytes:,} cap", url=url)
+            # The body's deadline scales with its size (unknown: the most a file may take), within the total.
+            size = int(declared) if declared and declared.isdigit() else self.max_bytes
+            body_s = min(self.deadline_s, FILE_FIRST_BYTES_S + size / MIN_RATE)
+            limit.reschedule(min(asyncio.get_running_loop().time() + body_s, give_up))
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
@@ -113,6 +128,21 @@ class Downloader:
                     raise DownloadError(f"output file exceeds the {self.max_bytes:,}-byte cap: {url}", url=url)
                 chunks.append(chunk)
             return 200, b"".join(chunks)
+
+
+def read_data_uri(uri: str, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of a `data:[type][;base64],…` URI (an image a service returned inline)."""
+    head, sep, payload = uri.partition(",")
+    if not sep:
+        raise DownloadError("output is a data: URI with no data", url=uri[:64])
+    if len(payload) > max_bytes * 4 // 3 + 4:
+        raise DownloadError(f"output data: URI is over the {max_bytes:,}-byte cap", url=uri[:64])
+    try:
+        if head.lower().endswith(";base64"):
+            return base64.b64decode("".join(payload.split()), validate=True)
+        return unquote_to_bytes(payload)
+    except (binascii.Error, ValueError) as exc:
+        raise DownloadError(f"output data: URI does not decode ({exc})", url=uri[:64]) from exc
 
 
 def decode_image(data: bytes, *, url: str | None = None) -> Image.Image:

@@ -73,6 +73,7 @@ async def follow(
     """
     signal = signal_for(pacer)
     pacer.register(track)
+    said_finished = False
     try:
         while True:
             now = time.monotonic()
@@ -89,9 +90,21 @@ async def follow(
             if poll.endpoint == "status":
                 status = await api.status(request_id)
                 wake = pacer.saw(track, sent, time.monotonic(), status.phase, status.queue_position)
+                if status.terminal:
+                    said_finished = True
             else:
-                outcome = await api.result(request_id)
+                try:
+                    outcome = await api.result(request_id)
+                except errors.NotFoundError:
+                    # /result may not know a job /status knows (its store lags): /status decides (a 404 there
+                    # too propagates); a job it calls finished is followed as lagging.
+                    if not said_finished:
+                        said_finished = (await api.status(request_id)).terminal
+                    outcome = Outcome("running", lagging=said_finished)
                 received = time.monotonic()
+                if outcome.phase not in _FINISHED and (said_finished or outcome.lagging):
+                    outcome = await _lagging(api, request_id, deadline)
+                    received = time.monotonic()
                 if outcome.phase in _FINISHED:
                     pacer.saw(
                         track,
@@ -111,3 +124,30 @@ async def follow(
                 signal.fire()
     finally:
         pacer.forget(track)
+
+
+async def _lagging(api: API, request_id: str, deadline: float) -> Outcome:
+    """The service said the job finished but /result does not show it yet: ask /result alone, waiting
+    longer each time, until it ends or the policy's `lag_limit_s` (or the deadline) passes."""
+    policy = api.retry
+    started = time.monotonic()
+    wait = policy.lag_first_s
+    while True:
+        now = time.monotonic()
+        if now + wait > min(deadline, started + policy.lag_limit_s):
+            if now + wait > deadline:
+                raise errors.WaitTimeout(
+                    f"request {request_id} had not shown its result by its deadline", request_id=request_id
+                )
+            raise errors.ProtocolError(
+                f"request {request_id} finished but its result showed no image within {policy.lag_limit_s:.0f} s; "
+                "it stays collectable by its request id"
+            )
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, policy.lag_cap_s)
+        try:
+            outcome = await api.result(request_id)
+        except errors.NotFoundError:
+            continue
+        if outcome.phase in _FINISHED:
+            return outcome

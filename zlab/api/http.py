@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,10 +23,11 @@ import httpx
 from zlab import errors
 from zlab.core import protocol
 from zlab.core.config import Secret
-from zlab.core.retry import Fault, RetryPolicy, backoff_s, should_retry
+from zlab.core.retry import SUBMIT_SAFE, Fault, RetryPolicy, backoff_s, should_retry
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=60.0)
 PRICE_TIMEOUT_S = 10.0
+ON_SEND = "zlab.on_send"  # a request extension: called by the gate right before the request leaves
 
 
 class _Pause:
@@ -52,6 +53,9 @@ class _Gate(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self.pause.wait()
+        on_send = request.extensions.get(ON_SEND)
+        if on_send is not None:  # at the wire, after every pause: from here on the job may exist
+            on_send()
         response = await self.inner.handle_async_request(request)
         if response.status_code == 429:
             retry_after = protocol.parse_retry_after(response.headers.get("Retry-After"))
@@ -79,6 +83,9 @@ class API:
         self.base_url = base_url.rstrip("/")
         self.retry = retry
         self.calls: collections.Counter[str] = collections.Counter()  # per endpoint, for benchmarks
+        # Status words zlab does not know, and the jobs that said them (followed as still going; the run
+        # summary names each word once).
+        self.unknown_words: dict[str, set[str]] = {}
         self._token = token
         self._pause = _Pause()
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -94,15 +101,21 @@ class API:
         await self._http.aclose()
 
     async def submit(
-        self, model: str, payload: dict[str, Any], *, on_send: Callable[[], None] | None = None
+        self,
+        model: str,
+        payload: dict[str, Any],
+        *,
+        on_send: Callable[[], None] | None = None,
+        on_unsent: Callable[[], None] | None = None,
     ) -> protocol.Submitted:
         """POST one job. `on_send` runs right before each attempt leaves (after any 429 pause), so a
-        caller can record "this may now be billed" exactly when it becomes true.
+        caller can record "this may now be billed" exactly when it becomes true; `on_unsent` runs when an
+        attempt's answer proves no job was created (a 429, a connection never made), before any pause.
 
         Raises `SubmitUnknownError` when the job may exist but its id is not known (never resent here).
         """
         url = f"{self.base_url}/v1/models/{quote(model, safe='/')}"
-        body = await self._call("submit", "POST", url, json_body=payload, on_send=on_send)
+        body = await self._call("submit", "POST", url, json_body=payload, on_send=on_send, on_unsent=on_unsent)
         try:
             return protocol.parse_submitted(body, self.base_url)
         except errors.ProtocolError as exc:
@@ -112,18 +125,33 @@ class API:
             ) from None
 
     async def status(self, request_id: str) -> protocol.Status:
-        body = await self._call("status", "GET", self._url(request_id, "status"), request_id=request_id)
-        return protocol.parse_status(body, request_id)
+        """/status; an unknown status word is a phase still going (noted in `unknown_words`)."""
+        try:
+            body = await self._call("status", "GET", self._url(request_id, "status"), request_id=request_id)
+        except errors.NotReady:
+            return protocol.Status("queued")
+        status = protocol.parse_status(body, request_id)
+        self._note(status.word, request_id)
+        return status
 
     async def result(self, request_id: str) -> protocol.Outcome:
-        """/result, asking for the cost too; "not ready" in either form (HTTP 200 in_queue/in_progress,
-        or HTTP 400 with code 400005) comes back as an unfinished Outcome."""
+        """/result, asking for the cost too; "not ready" in any form (HTTP 200 in_queue/in_progress, an
+        error with code 400005 or a `detail` saying so) comes back as an unfinished Outcome, and a failed
+        job reported only as an HTTP error (a 422, a 500 naming the failure) as a failed one."""
         url = self._url(request_id, "result") + "?include_cost=true"
         try:
-            body = await self._call("result", "GET", url, request_id=request_id)
+            body = await self._call("result", "GET", url, request_id=request_id, read_error=protocol.failed_result)
         except errors.NotReady:
             return protocol.not_ready(request_id)
-        return protocol.parse_outcome(body, request_id)
+        if isinstance(body, protocol.Outcome):
+            return body
+        outcome = protocol.parse_outcome(body, request_id)
+        self._note(outcome.word, request_id)
+        return outcome
+
+    def _note(self, word: str | None, request_id: str) -> None:
+        if word is not None and (word in self.unknown_words or len(self.unknown_words) < 32):
+            self.unknown_words.setdefault(word, set()).add(request_id)
 
     async def cancel(self, request_id: str) -> protocol.CancelOutcome:
         """Ask to cancel; `cancelled`, `not_cancellable`, or `unknown` (e.g. an empty 202: ask /status)."""
@@ -144,7 +172,7 @@ class API:
         return None if protocol.is_error(response.status_code, body) else protocol.parse_price(body)
 
     def _url(self, request_id: str, what: str) -> str:
-        return f"{self.base_url}/v1/requests/{quote(request_id, safe='')}/{what}"
+        return f"{self.base_url}/v1/requests/{protocol.quote_id(request_id)}/{what}"
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -162,29 +190,70 @@ class API:
         request_id: str | None = None,
         on_send: Callable[[], None] | None = None,
         empty_ok: bool = False,
+        read_error: Callable[[int, Any], Any] | None = None,
+        on_unsent: Callable[[], None] | None = None,
+    ) -> Any:
+        """One call with its retries. For a submit, once the body may have left, every failure but a 429 or
+        a connection never made is a `SubmitUnknownError` (never resent here), whatever raised it."""
+        is_submit = name == "submit"
+        try:
+            hooks = (on_send, on_unsent)
+            return await self._attempts(name, method, url, json_body, request_id, hooks, empty_ok, read_error)
+        except _NotSent as exc:  # the caller's record failed before anything left: its own error, as is
+            raise exc.cause from None
+        except (errors.ZlabError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # anything else (a parser's RecursionError, a library bug) after sending
+            if is_submit:
+                raise self._lost(name, exc, request_id) from exc
+            raise errors.TransportError(f"{name} for request {request_id} failed: {type(exc).__name__}") from exc
+
+    async def _attempts(
+        self,
+        name: str,
+        method: str,
+        url: str,
+        json_body: Any,
+        request_id: str | None,
+        hooks: tuple[Callable[[], None] | None, Callable[[], None] | None],
+        empty_ok: bool,
+        read_error: Callable[[int, Any], Any] | None,
     ) -> Any:
         is_submit = name == "submit"
-        deadline = time.monotonic() + self.retry.deadline_s
+        on_send, on_unsent = hooks
+        deadline = time.monotonic() + self.retry.total_s(is_submit)
         headers = self._headers()
         attempt = 0
         while True:
             attempt += 1
             await self._pause.wait()
-            if on_send is not None:
-                on_send()
             self.calls[name] += 1
             fault: Fault | None
             failure: errors.ZlabError
             retry_after: float | None = None
+            extensions = {ON_SEND: _guarded(on_send)} if on_send is not None else {}
             try:
-                async with asyncio.timeout(self.retry.call_s):
-                    response = await self._http.request(method, url, json=json_body, headers=headers)
+                async with asyncio.timeout(self.retry.exchange_s(is_submit)):
+                    response = await self._http.request(
+                        method, url, json=json_body, headers=headers, extensions=extensions
+                    )
+            except _NotSent:  # recording "submitting" failed: nothing left, nothing may be billed
+                raise
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 fault, failure = "connect", errors.TransportError(f"could not connect to {self.base_url}: {exc}")
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, TimeoutError) as exc:
                 fault, failure = "lost", self._lost(name, exc, request_id)
             else:
                 body = _json_or_none(response)
+                if (
+                    is_submit
+                    and response.is_success
+                    and isinstance(body, dict)
+                    and body.get("request_id") not in (None, "")
+                ):
+                    return body  # a 2xx naming a request id: the job exists, whatever else the body says
+                if read_error is not None and (read := read_error(response.status_code, body)) is not None:
+                    return read
                 error = protocol.error_from_answer(
                     response.status_code, body, request_id=request_id, retry_after=response.headers.get("Retry-After")
                 )
@@ -201,6 +270,9 @@ class API:
                         retry_after = error.retry_after
                     if is_submit and fault is not None and not should_retry(fault, is_submit=True):
                         failure = self._unknown(error)
+            if is_submit and fault in SUBMIT_SAFE and on_unsent is not None:
+                with contextlib.suppress(Exception):  # only a record: failing leaves the cell "maybe sent" (safe)
+                    on_unsent()
             if fault is None or not should_retry(fault, is_submit=is_submit) or attempt >= self.retry.attempts:
                 raise failure
             if retry_after is not None and retry_after > self.retry.max_retry_after_s:
@@ -247,8 +319,28 @@ def _fault_of(status_code: int, error: errors.APIError) -> Fault | None:
     return None
 
 
+class _NotSent(Exception):
+    """The caller's "about to send" record failed at the wire: the request was not sent."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _guarded(on_send: Callable[[], None]) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            on_send()
+        except Exception as exc:
+            raise _NotSent(exc) from exc
+
+    return call
+
+
 def _json_or_none(response: httpx.Response) -> Any:
+    """The body as JSON, or None for anything Python's parser refuses (not JSON, bad UTF-8, nesting too
+    deep for the parser, a number too long to convert)."""
     try:
         return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError, MemoryError):
         return None

@@ -1,8 +1,9 @@
 """A job's whole life, in one place: submit → follow → collect → download → decode → timings.
 
 This is zlab's one money path. `AsyncClient.generate`, `Job.download` and the sweep runner all go
-through `send` (the only code that POSTs a job) and `finish` (follow it by id, then fetch and check
-its image); the runner only adds its ledger, progress and cache around them.
+through `run_job`: `send` (the only code that POSTs a job) → `wait` (follow it by id) → `collect`
+(fetch and check its image) → a bounded cancel at the deadline → timings. The runner adds only its
+ledger, progress and tracks, through `Hooks`.
 
 - `send` runs the POST and the caller's record of the request id as one shielded task: an
   interrupt cannot fall between "the service accepted it" and "zlab wrote that down".
@@ -35,6 +36,9 @@ from zlab.core.request import Request
 
 NOT_FOUND_GRACE_S = 60.0  # a fresh job's id may 404 for a while on an eventually consistent service
 NOT_FOUND_RETRY_S = 1.0
+RECORD_WAITS_S = (0.2, 0.5, 1.0, 2.0, 4.0)  # a failed record of a request id is tried again after each
+CANCEL_SETTLE_S = 5.0  # how long a cancel the service took but has not done yet is followed
+CANCEL_DEADLINE_S = 8.0  # a clean-up cancel (at a deadline, or after Ctrl-C) never holds an exit longer
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,6 +58,7 @@ class Generation:
     suffix: str = ".png"  # the file type, from the bytes: ".png", ".jpg" or ".webp"
     note: str | None = None  # e.g. the service rendered another size than was asked
     backend: dict[str, Any] | None = None  # a local server's facts about the render (model, versions, device)
+    outputs: int = 1  # how many images the result held; the first is this one
 
     @property
     def size(self) -> tuple[int, int]:
@@ -84,20 +89,22 @@ async def send(
     *,
     on_send: Callable[[], None] | None = None,
     on_accepted: Callable[[str], None] | None = None,
+    on_unsent: Callable[[], None] | None = None,
     inflight: set[asyncio.Task[Any]] | None = None,
 ) -> str:
     """POST one job and record its id, shielded as one step; returns the request id.
 
     `on_send` runs right before the body leaves (the moment it may be billed), `on_accepted` with the
-    id as soon as it is known. `inflight` collects the shielded task so a caller that is interrupted
+    id as soon as it is known, `on_unsent` when an attempt was refused before any job existed (a 429).
+    `inflight` collects the shielded task so a caller that is interrupted
     can wait for the record to be written. Raises `SubmitUnknownError` when the job may exist but its
     id is unknown; it is never resent here.
     """
 
     async def post_and_record() -> str:
-        submitted = await api.submit(model, payload, on_send=on_send)
+        submitted = await api.submit(model, payload, on_send=on_send, on_unsent=on_unsent)
         if on_accepted is not None:
-            on_accepted(submitted.request_id)
+            await _record(on_accepted, submitted.request_id)
         return submitted.request_id
 
     task = asyncio.ensure_future(post_and_record())
@@ -105,6 +112,20 @@ async def send(
         inflight.add(task)
         task.add_done_callback(inflight.discard)
     return await asyncio.shield(task)
+
+
+async def _record(on_accepted: Callable[[str], None], request_id: str) -> None:
+    """Write the id down, trying again while the record fails (e.g. another process holds the ledger's
+    write lock). The job is paid for whatever happens: if every try fails, the id is still returned (the
+    caller keeps it in memory and follows the job) and the submit is never sent again."""
+    for wait_s in (*RECORD_WAITS_S, None):
+        try:
+            on_accepted(request_id)
+            return
+        except Exception:
+            if wait_s is None:
+                return
+            await asyncio.sleep(wait_s)
 
 
 async def wait(
@@ -139,6 +160,7 @@ class _Seen:
 
     def __init__(self, api: API) -> None:
         self.api, self.seen = api, False
+        self.retry = api.retry
 
     async def status(self, request_id: str) -> Status:
         answer = await self.api.status(request_id)
@@ -155,13 +177,16 @@ async def collect(downloads: Downloader, request: Request | dict[str, Any], requ
                   track: Track | None = None) -> Generation:  # fmt: skip
     """Download and check the first output of a succeeded job; a different size is kept, with a note."""
     got = await downloads.get(outcome.outputs[0])
-    note = None
+    notes = []
     if isinstance(request, Request) and got.size != (request.width, request.height):
         width, height = got.size
-        note = (
+        notes.append(
             f"the service rendered {width}×{height} for a {request.width}×{request.height} request "
             "(it snaps sizes); the image is kept as rendered"
         )
+    if len(outcome.outputs) > 1:
+        notes.append(f"the result held {len(outcome.outputs)} images; the first is kept")
+    note = "; ".join(notes) or None
     queue_s, run_s = timings(outcome, track)
     return Generation(
         request,
@@ -177,6 +202,7 @@ async def collect(downloads: Downloader, request: Request | dict[str, Any], requ
         got.suffix,
         note,
         outcome.backend,
+        len(outcome.outputs),
     )
 
 
@@ -202,13 +228,23 @@ def failure_of(request_id: str, outcome: Outcome) -> errors.ZlabError | None:
     return None
 
 
-async def cancel(api: API, request_id: str) -> CancelOutcome:
-    """Cancel if still queued (free); when the answer does not say (an empty 202), /status decides."""
+async def cancel(api: API, request_id: str, *, settle_s: float = CANCEL_SETTLE_S) -> CancelOutcome:
+    """Cancel if still queued (free). When the answer does not say (an empty 202, "requested"), /status
+    decides, asked again with a growing wait for up to `settle_s`: a cancel may take effect a moment later."""
     outcome = await api.cancel(request_id)
     if outcome != "unknown":
         return outcome
-    status = await api.status(request_id)
-    return "cancelled" if status.phase == "cancelled" else "not_cancellable" if status.terminal else "unknown"
+    until, wait_s = time.monotonic() + settle_s, 0.1
+    while True:
+        status = await api.status(request_id)
+        if status.phase == "cancelled":
+            return "cancelled"
+        if status.terminal:
+            return "not_cancellable"
+        if time.monotonic() + wait_s > until:
+            return "unknown"
+        await asyncio.sleep(wait_s)
+        wait_s = min(wait_s * 2, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +265,7 @@ class Job:
     request: Request | dict[str, Any] | None
     model: str
     _endpoint: Endpoint = dataclasses.field(repr=False, compare=False)
-    _track: Track = dataclasses.field(repr=False, compare=False, default_factory=lambda: Track(time.monotonic()))
+    _track: Track = dataclasses.field(repr=False, compare=False, default_factory=lambda: new_track(None))
 
     async def status(self) -> Status:
         """The current state (one /status call)."""
@@ -254,6 +290,121 @@ class Job:
         return outcome
 
     async def download(self, timeout: float = 600.0) -> Generation:
-        """Wait, then download and check the first output image."""
-        outcome = await self.wait(timeout)
-        return await collect(self._endpoint.downloads, self.request or {}, self.request_id, outcome, self._track)
+        """Wait, then download and check the first output image; `timeout` covers both (from now)."""
+        endpoint, request = self._endpoint, self.request or {}
+        result = await run_job(endpoint, self.model, request, timeout=timeout, request_id=self.request_id,
+                               track=self._track, cancel_on_timeout=False)  # fmt: skip
+        if isinstance(result, Generation):
+            return result
+        failure = failure_of(self.request_id, result.outcome) if isinstance(result, Ended) else result.error
+        assert failure is not None
+        raise failure
+
+
+@dataclasses.dataclass
+class Hooks:
+    """What a caller adds around a job's one path (the runner: its ledger, progress and tracks); all optional."""
+
+    on_send: Callable[[], None] | None = None  # right before the body leaves, after any pause: it may be billed
+    on_accepted: Callable[[str], None] | None = None  # the request id, as soon as it is known
+    on_unsent: Callable[[], None] | None = None  # an attempt refused before any job existed (a 429)
+    on_follow: Callable[[Track], None] | None = None  # following starts (e.g. show the job as queued)
+    inflight: set[asyncio.Task[Any]] | None = None  # the shielded submit, for a caller that is interrupted
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """A job that ended at the server without an image: failed or cancelled (with its timings)."""
+
+    request_id: str
+    outcome: Outcome
+    queue_s: float | None
+    run_s: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedOut:
+    """A job still unfinished at its deadline, and what the bounded cancel that followed achieved."""
+
+    request_id: str
+    error: errors.WaitTimeout
+    cancel: CancelOutcome | str
+
+
+def new_track(request: Request | dict[str, Any] | None) -> Track:
+    """The poller's record of one job (the one place a Track is made)."""
+    megapixels = request.megapixels if isinstance(request, Request) else None
+    return Track(time.monotonic(), megapixels=megapixels)
+
+
+async def run_job(
+    endpoint: Endpoint,
+    model: str,
+    request: Request | dict[str, Any],
+    *,
+    timeout: float,
+    hooks: Hooks | None = None,
+    request_id: str | None = None,
+    track: Track | None = None,
+    grace_until: float | None = None,
+    cancel_on_timeout: bool = True,
+) -> Generation | Ended | TimedOut:
+    """A job's one path: send (unless `request_id` names one sent earlier) → follow → collect, all within
+    `timeout` seconds from the submit (or from now, for a job sent earlier), a still-queued job cancelled at the
+    deadline (bounded). Used by `AsyncClient.generate`, `Job.download` and the sweep runner alike.
+
+    Returns the image, an `Ended` job (failed or cancelled at the server) or a `TimedOut` one. Errors before the
+    id is known are the submit's (`hooks.on_accepted` says when it is); after that, a collection's.
+    """
+    hooks = hooks or Hooks()
+    track = track or new_track(request)
+    start = time.monotonic()  # a job sent earlier: its deadline counts from now
+    if request_id is None:
+        payload = request.to_input() if isinstance(request, Request) else dict(request)
+
+        def sending() -> None:
+            track.sent = time.monotonic()
+            if hooks.on_send is not None:
+                hooks.on_send()
+
+        def accepted(new_id: str) -> None:
+            track.submitted = time.monotonic()
+            if hooks.on_accepted is not None:
+                hooks.on_accepted(new_id)
+
+        request_id = await send(
+            endpoint.api, model, payload, on_send=sending, on_accepted=accepted, on_unsent=hooks.on_unsent,
+            inflight=hooks.inflight,
+        )  # fmt: skip
+        start = track.submitted  # a job sent here: its deadline counts from its submit
+    if hooks.on_follow is not None:
+        hooks.on_follow(track)
+    deadline = start + timeout
+    try:
+        outcome = await wait(
+            endpoint.api, request_id, track, endpoint.pacer, deadline=deadline, grace_until=grace_until
+        )
+    except errors.WaitTimeout as exc:
+        if not cancel_on_timeout:
+            raise
+        return TimedOut(request_id, exc, await cancel_bounded(endpoint.api, request_id))
+    if outcome.phase != "succeeded":
+        return Ended(request_id, outcome, *timings(outcome, track))
+    try:
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+            return await collect(endpoint.downloads, request, request_id, outcome, track)
+    except TimeoutError:
+        raise errors.DownloadError(
+            f"request {request_id} finished but its image did not arrive within the {timeout:g} s deadline",
+            url=outcome.outputs[0][:200] if outcome.outputs else None,
+            transient=True,
+        ) from None
+
+
+async def cancel_bounded(api: API, request_id: str, seconds: float = CANCEL_DEADLINE_S) -> CancelOutcome | str:
+    """A clean-up cancel that must not hang an exit: its outcome, or `unknown (why)`."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await cancel(api, request_id)
+    except (errors.ZlabError, TimeoutError) as exc:
+        return f"unknown ({type(exc).__name__})"

@@ -38,6 +38,21 @@ class RetryPolicy:
     rate_limit_default_s: float = 2.0  # a 429 without Retry-After: start here, then back off
     max_retry_after_s: float = 120.0  # a longer Retry-After fails the call (with the wait asked for)
     call_s: float = 120.0  # one HTTP exchange, body included: a trickling answer cannot hold a call longer
+    read_s: float = 20.0  # one status/result/cancel exchange (a small JSON body): much shorter than call_s
+    read_deadline_s: float = 100.0  # a read with all its retries: with read_s, a trickle holds a job < 2 min
+    # A job the service said finished whose /result lags (404, empty, not ready): asked again after
+    # lag_first_s, doubling up to lag_cap_s, for at most lag_limit_s (≤ 8 status+result calls at a 1 s lag).
+    lag_first_s: float = 0.1
+    lag_cap_s: float = 8.0
+    lag_limit_s: float = 60.0
+
+    def exchange_s(self, is_submit: bool) -> float:
+        """The total deadline of one exchange: a submit's `call_s`, a read's (shorter) `read_s`."""
+        return self.call_s if is_submit else min(self.call_s, self.read_s)
+
+    def total_s(self, is_submit: bool) -> float:
+        """How long one call may keep retrying: `deadline_s`, and at most `read_deadline_s` for a read."""
+        return self.deadline_s if is_submit else min(self.deadline_s, self.read_deadline_s)
 
 
 def should_retry(fault: Fault, *, is_submit: bool) -> bool:

@@ -3,7 +3,9 @@ cell goes after something happened to its job. The runner (`zlab.runs.runner`) d
 
 What to do with a cell at the start of a run (`decide`):
 
-    its image is in the run directory            → done (or `reuse`: recorded succeeded, nothing sent)
+    its image is in the run directory, whole     → done (or `reuse`: recorded succeeded, nothing sent)
+    succeeded, its image gone or broken          → collect again by its request id at the API that took it
+                                                   (never paid again); without one, send (re-render)
     accepted, at the API this run talks to       → collect (poll by id; never resubmit)
     accepted by the built-in server of a run that ended → send (that server is gone; nothing was billed)
     accepted by another API                      → elsewhere (left accepted; the summary says where)
@@ -44,6 +46,7 @@ class CellView:
     has_image: bool = False  # an intact image for its key is in the run directory
     cached: bool = False  # the shared cache holds its image
     origin: str | None = None  # the API that accepted its job
+    request_id: bool = False  # the ledger holds its request id (a paid job can be collected again by it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +64,16 @@ def decide(cell: CellView, *, identity: str, retry_unknown: bool = False, resend
     """What a run does with `cell` (see the module docstring)."""
     if cell.has_image:
         return "done" if cell.state == "succeeded" else "reuse"
+    here = cell.origin == identity and identity != BUILTIN
+    if cell.state == "succeeded" and cell.request_id and here:
+        return "collect"  # paid already: fetched again by its id, never paid again
     if cell.state == "accepted":
-        if cell.origin == identity and identity != BUILTIN:
+        if here:
             return "collect"
         if cell.origin == BUILTIN:
             return "send"  # the built-in server that took it stopped with its run: nothing was billed
         return "elsewhere"
-    if cell.cached and cell.state != "succeeded":
+    if cell.cached:
         return "cache"
     if cell.state == "unknown":
         return "send" if retry_unknown or cell.origin == BUILTIN else "hold"

@@ -76,7 +76,9 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process; fsync per checkpoint
             self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
+            # A new ledger gets every column at once (one commit); an older one gains the missing ones below.
+            added = "".join(f", {name} {kind}" for name, kind in _ADDED.items())
+            self._db.executescript(_SCHEMA.replace("updated REAL\n)", f"updated REAL{added}\n)"))
             have = {row[1] for row in self._db.execute("PRAGMA table_info(cells)")}
             for name, kind in _ADDED.items():
                 if name not in have:
@@ -143,6 +145,16 @@ class Ledger:
         ).rowcount
 
 
+def intact_image(path: Path) -> bool:
+    """Whether the file decodes whole (a file cut short, emptied or overwritten is not an image)."""
+    try:
+        with Image.open(path) as probe:
+            probe.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
 class RunDir:
     """Paths and files of one run directory, held by this process alone (`wait_s`: how long to wait for
     another run that holds it)."""
@@ -169,12 +181,7 @@ class RunDir:
         """An image already in the directory for this key (a finished cell whose record was lost), if whole."""
         for suffix in (".png", ".jpg", ".webp"):
             path = self.image_file(key, suffix)
-            if path.is_file():
-                try:
-                    with Image.open(path) as probe:
-                        probe.verify()
-                except (OSError, SyntaxError, ValueError):
-                    continue
+            if path.is_file() and intact_image(path):
                 return path
         return None
 
@@ -271,10 +278,14 @@ class Cache:
         except (OSError, ValueError, AttributeError):  # a missing, unreadable or junk cache entry is a miss
             return None
 
+    def forget(self, key: str) -> None:
+        """Drop a damaged entry (its image is rendered again and put back)."""
+        (self.root / f"{key}.json").unlink(missing_ok=True)
+
     def put(self, key: str, image: Path, info: Mapping[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.root / f"{key}{image.suffix}"
-        if not target.exists():
+        if not target.exists() or not intact_image(target):
             tmp = target.with_name(target.name + ".part")
             shutil.copyfile(image, tmp)
             tmp.replace(target)

@@ -19,7 +19,6 @@ import collections
 import contextlib
 import dataclasses
 import html
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator

@@ -141,7 +141,8 @@ class RunResult:
         }
         how = f" ({source[self.paid_source]})" if self.paid_images and self.paid_source in source else ""
         plural = "" if self.paid_images == 1 else "s"
-        text = f"paid ${self.paid_usd:.2f} for {self.paid_images} new image{plural}{how}, ≈${self.estimate.cost_usd:.2f} estimated"
+        text = f"paid ${self.paid_usd:.2f} for {self.paid_images} new image{plural}{how}"
+        text += f", ≈${self.estimate.cost_usd:.2f} estimated"
         if self.directory_paid_usd is not None and abs(self.directory_paid_usd - self.paid_usd) > 1e-9:
             text += f"; ${self.directory_paid_usd:.2f} in the directory"
         return text

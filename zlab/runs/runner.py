@@ -17,29 +17,26 @@ import contextlib
 import json
 import math
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import pandas as pd
-
 from zlab import errors
 from zlab.api import jobs
+from zlab.api.loop import say as _say
 from zlab.core import runplan
 from zlab.core.concurrency import Concurrency, Limiter, parse_concurrency
-from zlab.api.loop import say as _say
 from zlab.core.config import cache_root
 from zlab.core.polling import Track
 from zlab.core.pricing import final_cost
+from zlab.core.runplan import Action, Next, Stop
+from zlab.runs import resume
+from zlab.runs.ledger import Cache, RunDir, intact_image, now_iso, results_frame
 from zlab.runs.progress import Progress
-from zlab.core.table import request_from_row
-from zlab.runs.tables import recorded_axes
-from zlab.core.runplan import Action, CellView, Next, Stop
 from zlab.runs.result import RunResult, paid_for
-from zlab.runs.ledger import Cache, RunDir, now_iso, results_frame
 from zlab.runs.sweep import SECONDS_PER_IMAGE, Cell, Sweep
+from zlab.runs.tables import recorded_axes
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -67,7 +64,7 @@ class Service(Protocol):
     async def pricing(self) -> Pricing: ...
 
 
-CANCEL_DEADLINE_S = 8.0
+CANCEL_DEADLINE_S = jobs.CANCEL_DEADLINE_S
 
 
 async def run_sweep(
@@ -113,7 +110,7 @@ async def run_sweep(
     run = RunDir(out, wait_s=wait)
     refused = False
     try:
-        sweep = _seeded(run, sweep)
+        sweep = resume.seeded(run, sweep)
         cells = sweep.cells()
         ledger = run.ledger
         ledger.add((c.key, c.index, c.row(), None) for c in cells)  # costs below, once the price is known
@@ -121,15 +118,18 @@ async def run_sweep(
             say(f"zlab: {recovered} cell(s) were being submitted when the last run stopped; their outcome is unknown")
         rows = {row["key"]: row for row in ledger.rows()}
         shared = _open_cache(client, cache)
+        broken: list[str] = []
         actions = {
             c.key: runplan.decide(
-                _view(run, rows[c.key], shared), identity=client.identity, retry_unknown=retry_unknown,
+                resume.view(run, rows[c.key], shared, broken), identity=client.identity, retry_unknown=retry_unknown,
                 resend_lost=resend_lost,
             )
             for c in cells
         }  # fmt: skip
         keys = {c.key for c in cells}
-        orphans = [_orphan(row) for row in rows.values() if row["key"] not in keys and row["status"] == "accepted"]
+        orphans = [
+            resume.orphan(row) for row in rows.values() if row["key"] not in keys and row["status"] == "accepted"
+        ]
         collectable = [c for c in orphans if c is not None and rows[c.key]["origin"] == client.identity]
         to_send = [c for c in cells if actions[c.key] == "send"]
         unpriced = [c for c in cells if rows[c.key]["cost_usd"] is None]
@@ -152,6 +152,7 @@ async def run_sweep(
             + (f" at {pricing}" if pricing is not None and to_send else "")
         )
         calls_before = collections.Counter(client.api.calls)
+        words_before = {word: set(ids) for word, ids in client.api.unknown_words.items()}
         state = _RunState(client, run, sweep, concurrency, cell_timeout, shared)
         state.on_image = on_image
         state.progress = Progress(len(cells), tally["done"], progress)
@@ -169,15 +170,23 @@ async def run_sweep(
         every = ledger.rows()
         final = [r for r in every if r["key"] in keys]  # this sweep's cells: its view of the directory
         every = [r for r in every if r["key"] in keys or r["status"] != "planned"]  # others' unsent: no result
-        df = results_frame(final, extra_columns=[*sweep.axes, *sweep.derived_columns])
+        columns = [*sweep.axes, *sweep.derived_columns]
+        df = results_frame(final, extra_columns=columns)
         df.attrs["run_dir"] = str(run.root)
         try:  # results.parquet holds every cell the ledger has (other sweeps', reruns'): it never shrinks
-            run.write_results(results_frame(every, extra_columns=recorded_axes([*sweep.axes, *sweep.derived_columns], every)))
+            run.write_results(results_frame(every, extra_columns=recorded_axes(columns, every)))
         except OSError as exc:
             say(f"zlab: could not write {run.results}: {exc}; the ledger keeps every result, rerun to write it")
         counts = dict(collections.Counter(df["status"]))
         calls = dict(collections.Counter(client.api.calls) - calls_before)
-        notes = _notes(rows, keys, client.identity, collectable, actions)
+        notes = resume.notes(rows, keys, client.identity, collectable, actions)
+        notes += resume.integrity_notes(broken, actions, state.bad_cache)
+        for word, ids in client.api.unknown_words.items():
+            if new_ids := ids - words_before.get(word, set()):
+                notes.append(
+                    f"the service said {word!r} for {len(new_ids)} job(s), a status zlab does not know: "
+                    "followed as still going, within the normal bounds"
+                )
         reasons = runplan.tally_reasons((r["status"], r["reason"]) for r in final)
         result = RunResult(
             df, run.root, counts, time.monotonic() - started, estimate, calls, interrupted, state.stopped, reasons,
@@ -191,64 +200,6 @@ async def run_sweep(
         run.close()
         if refused and fresh:
             shutil.rmtree(run.root, ignore_errors=True)
-
-
-def _seeded(run: RunDir, sweep: Sweep) -> Sweep:
-    """Seeds drawn for `-1` belong to the directory's slots and are drawn once, forever: editing the sweep
-    (or running another one here and coming back) never redraws a seed a cell already used."""
-    stored = run.ledger.seeds()
-    if not stored:  # a directory from zlab 0.1 kept its draws in sweep.json only
-        spec = run.read_spec() or {}
-        if spec.get("fingerprint") == sweep.fingerprint:
-            stored = [int(s) for s in spec.get("seed_draws", [])]
-    needed = len(sweep.seed_draws)
-    draws = [*stored[:needed], *sweep.seed_draws[len(stored) : needed]]
-    run.ledger.keep_seeds(draws)
-    return sweep.with_seed_draws(draws) if draws != list(sweep.seed_draws) else sweep
-
-
-def _view(run: RunDir, row: dict[str, Any], cache: Cache | None) -> CellView:
-    state = row["status"]
-    path = row["image_path"]
-    has_image = bool(path) and (run.root / path).is_file() if state == "succeeded" else False
-    if not has_image:
-        has_image = run.existing_image(row["key"]) is not None
-    cached = cache is not None and state != "succeeded" and cache.lookup(row["key"]) is not None
-    return CellView(state, has_image, cached, row.get("origin") or row.get("base_url"))
-
-
-def _orphan(row: dict[str, Any]) -> Cell | None:
-    """A cell of an earlier sweep in this directory whose job was accepted: still collected, never dropped."""
-    try:
-        request = request_from_row(json.loads(row["params"]))
-    except (errors.ValidationError, KeyError, TypeError):
-        return None
-    return Cell(row["idx"] or 0, request, {}) if request.key == row["key"] else None
-
-
-def _notes(
-    rows: dict[str, dict[str, Any]], keys: set[str], identity: str, orphans: list[Cell], actions: dict[str, Action]
-) -> list[str]:
-    notes = []
-    elsewhere = collections.Counter(
-        rows[k].get("origin") or rows[k].get("base_url") for k, action in actions.items() if action == "elsewhere"
-    )
-    for origin, n in elsewhere.items():
-        notes.append(
-            f"{n} accepted job(s) belong to the API at {origin}, not {identity}: set ZLAB_BASE_URL={origin} "
-            "(with its token) and run the same command again to collect them; they were not resent"
-        )
-    if orphans:
-        notes.append(f"collected {len(orphans)} accepted job(s) of cells no longer in this sweep (kept in the ledger)")
-    others = [
-        r for k, r in rows.items() if k not in keys and r["status"] == "accepted" and r["origin"] != runplan.BUILTIN
-    ]
-    if len(others) > len(orphans):
-        notes.append(
-            f"{len(others) - len(orphans)} accepted job(s) of cells no longer in this sweep belong to another API; "
-            "they stay in the ledger"
-        )
-    return notes
 
 
 def _open_cache(client: Service, cache: bool | str | Path) -> Cache | None:
@@ -278,7 +229,10 @@ class _RunState:
         self.cell_timeout, self.cache = cell_timeout, cache
         self.on_image: Callable[[Path, Path, Image.Image], None] | None = None
         self.progress = Progress(0, 0, False)
+        self.endpoint = jobs.Endpoint(client.api, client.downloads, client.pacer)
         self.tracks: dict[str, Track] = {}
+        self.ids: dict[str, str] = {}  # request ids heard in this run, kept even if the ledger could not take them
+        self.bad_cache = 0
         self.inflight: set[asyncio.Task[Any]] = set()
         self.stopped: Stop | None = None
         self.shown: dict[str, str] = {}
@@ -331,8 +285,9 @@ class _RunState:
             elif action == "collect":
                 row = self.ledger.get(cell.key) or {}
                 async with self.slots:
-                    track = Track(time.monotonic(), megapixels=cell.request.megapixels)
-                    await self._follow(cell, row["request_id"], track, grace_until=_grace(row))
+                    again = await self._job(cell, row["request_id"], grace_until=resume.grace(row))
+                if again:  # found cancelled at the server: nothing was billed, so it is sent again
+                    await self._send(cell, resends=1)
             elif action in ("send", "cache"):
                 await self._send(cell)
         except asyncio.CancelledError:
@@ -340,71 +295,72 @@ class _RunState:
         except Exception as exc:  # a local failure (disk full, cache, ledger): recorded on the cell, sweep goes on
             self._local_error(cell.key, exc)
 
-    async def _send(self, cell: Cell) -> None:
+    async def _send(self, cell: Cell, resends: int = 0) -> None:
         """Send (and, if found cancelled at the server, send once more), then follow and collect."""
-        key, resends = cell.key, 0
         while not self.stopped:
             async with self.slots:
                 if self.stopped:
                     return
-                track = Track(time.monotonic(), megapixels=cell.request.megapixels)
-                identity, base_url = self.client.identity, self.api.base_url
-
-                def sending(key: str = key, track: Track = track, at: str = base_url, who: str = identity) -> None:
-                    self.ledger.mark_submitting(key, at, who)  # committed before the body leaves
-                    track.sent = time.monotonic()
-
-                def accepted(request_id: str, key: str = key, track: Track = track) -> None:
-                    track.submitted = time.monotonic()
-                    self.tracks[key] = track
-                    self.ledger.update(key, status="accepted", request_id=request_id)
-
-                try:
-                    request_id = await jobs.send(
-                        self.api, self.client.model, cell.request.to_input(),
-                        on_send=sending,
-                        on_accepted=accepted, inflight=self.inflight,
-                    )  # fmt: skip
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._apply(key, runplan.after_submit_error(exc))
-                    return
-                again = await self._follow(cell, request_id, track, resends=resends)
+                again = await self._job(cell, None, resends=resends)
             if not again:
                 return
             resends += 1
 
-    async def _follow(
-        self, cell: Cell, request_id: str, track: Track, *, resends: int = 0, grace_until: float | None = None
+    async def _job(
+        self, cell: Cell, request_id: str | None, *, resends: int = 0, grace_until: float | None = None
     ) -> bool:
-        """Follow a paid job to its image; True when it was found cancelled and should be sent again.
+        """One cell's job through the one job path (`jobs.run_job`: a new one when `request_id` is None), with
+        this run's ledger, progress and tracks as its hooks; True when it was found cancelled (send it again).
 
         The deadline counts from the submit (a job resumed from an earlier run: from now)."""
         key = cell.key
-        self.tracks[key] = track
-        self._show(key, "queued")
-        deadline = track.submitted + self.cell_timeout
+        identity, base_url = self.client.identity, self.api.base_url
+
+        def sending() -> None:
+            self.ledger.mark_submitting(key, base_url, identity)  # committed at the wire, before the body leaves
+            self.ids.pop(key, None)
+
+        def accepted(new_id: str) -> None:
+            self.ids[key] = new_id  # kept in memory first: a failed write below is tried again
+            self.ledger.update(key, status="accepted", request_id=new_id)
+
+        def unsent() -> None:  # refused before any job existed: a crash now costs nothing
+            self.ledger.update(key, status="planned")
+
+        def following(track: Track) -> None:
+            self.tracks[key] = track
+            self._show(key, "queued")
+
+        if request_id is not None:
+            self.ids[key] = request_id
+        hooks = jobs.Hooks(sending, accepted, unsent, following, self.inflight)
         try:
-            outcome = await jobs.wait(
-                self.api, request_id, track, self.client.pacer, deadline=deadline, grace_until=grace_until
-            )
-            if outcome.phase != "succeeded":
-                nxt = runplan.after_outcome(outcome.phase, outcome.error, resends)
-                self._apply(key, nxt, **_times(outcome, track))
-                return nxt.state == "planned"
-            generation = await jobs.collect(self.client.downloads, cell.request, request_id, outcome, track)
-            await self._save(cell, generation)
+            result = await jobs.run_job(
+                self.endpoint, self.client.model, cell.request, timeout=self.cell_timeout, hooks=hooks,
+                request_id=request_id, grace_until=grace_until,
+            )  # fmt: skip
+            if isinstance(result, jobs.Generation):
+                await self._save(cell, result)
         except asyncio.CancelledError:
             raise
-        except errors.WaitTimeout as exc:
-            cancelled = await self._cancel(request_id) == "cancelled"
-            self._apply(key, runplan.after_collect_error(exc, 0, timed_out_cancelled=cancelled))
         except Exception as exc:
-            attempts = (self.ledger.get(key) or {}).get("collect_attempts") or 0
-            self._apply(key, runplan.after_collect_error(exc, attempts))
+            if key not in self.ids:  # never accepted: the submit's failure
+                self._apply(key, runplan.after_submit_error(exc))
+            else:
+                attempts = (self.ledger.get(key) or {}).get("collect_attempts") or 0
+                self._apply(key, runplan.after_collect_error(exc, attempts))
+            return False
         finally:
             self.tracks.pop(key, None)
+        if isinstance(result, jobs.TimedOut):
+            cancelled = result.cancel == "cancelled"
+            self._apply(key, runplan.after_collect_error(result.error, 0, timed_out_cancelled=cancelled))
+        elif isinstance(result, jobs.Ended):
+            nxt = runplan.after_outcome(result.outcome.phase, result.outcome.error, resends)
+            finished = result.outcome.finished_at
+            self._apply(key, nxt, finished_at=finished.isoformat() if finished else now_iso(),
+                        queue_s=result.queue_s, run_s=result.run_s)  # fmt: skip
+            return nxt.state == "planned"
         return False
 
     async def _save(self, cell: Cell, gen: jobs.Generation) -> None:
@@ -450,6 +406,10 @@ class _RunState:
         if found is None or self.cache is None:
             return False
         source, info = found
+        if not intact_image(source):  # cut short or damaged in the cache: never counted as done
+            self.bad_cache += 1
+            self.cache.forget(cell.key)
+            return False
         target = self.run.image_file(cell.key, source.suffix)
         self.cache.copy_to(source, target)
         fields = {k: info.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s",
@@ -464,6 +424,8 @@ class _RunState:
         if nxt.count_attempt:
             row = self.ledger.get(key) or {}
             fields["collect_attempts"] = (row.get("collect_attempts") or 0) + 1
+        if key in self.ids and nxt.state != "planned":  # repairs a request id the ledger could not take at once
+            fields.setdefault("request_id", self.ids[key])
         self.ledger.update(key, status=nxt.state, reason=nxt.reason, error=nxt.error, **fields)
         if nxt.stop and not self.stopped:
             self.stopped = nxt.stop
@@ -483,13 +445,6 @@ class _RunState:
             )  # fmt: skip
         self._show(key, "failed", finished=True)
 
-    async def _cancel(self, request_id: str) -> str:
-        try:
-            async with asyncio.timeout(CANCEL_DEADLINE_S):
-                return await jobs.cancel(self.api, request_id)
-        except (errors.ZlabError, TimeoutError):
-            return "unknown"
-
     async def stop(self, say: Callable[[str], None]) -> None:
         """After an interrupt: let in-flight submits record their ids, then cancel what is still queued."""
         if self.inflight:
@@ -500,7 +455,7 @@ class _RunState:
         ]
 
         async def cancel(row: dict[str, Any]) -> bool:
-            if await self._cancel(row["request_id"]) != "cancelled":
+            if await jobs.cancel_bounded(self.api, row["request_id"]) != "cancelled":
                 return False
             self.ledger.update(
                 row["key"], status="cancelled", reason="cancelled by you (Ctrl-C) while queued",
@@ -514,18 +469,3 @@ class _RunState:
             f"zlab: interrupted: {cancelled} queued job(s) cancelled, {len(open_jobs) - cancelled} running job(s) "
             "recorded; run the same command again to collect them"
         )
-
-
-def _grace(row: dict[str, Any]) -> float:
-    """Until when a 404 for a job accepted in an earlier run still means "not visible yet" (monotonic)."""
-    try:
-        accepted = pd.Timestamp(row["submitted_at"]).timestamp()
-    except (TypeError, ValueError):
-        return time.monotonic()
-    return time.monotonic() + max(0.0, jobs.NOT_FOUND_GRACE_S - (time.time() - accepted))
-
-
-def _times(outcome: Any, track: Track) -> dict[str, Any]:
-    queue_s, run_s = jobs.timings(outcome, track)
-    finished = outcome.finished_at.isoformat() if outcome.finished_at else now_iso()
-    return {"finished_at": finished, "queue_s": queue_s, "run_s": run_s}

@@ -29,10 +29,10 @@ import pandas as pd
 from zlab.core.axes import SR_AXIS, axis_values, check_axis_name, parse_size, path_labels
 from zlab.core.concurrency import ASSUMED_CAPACITY
 from zlab.core.config import DEFAULT_PRICE_PER_MP
-from zlab.errors import ValidationError
 from zlab.core.pricing import Pricing
+from zlab.core.request import MODEL_ID, SEED_RANGE, LoRA, Request
 from zlab.core.table import request_row
-from zlab.core.request import MAX_LORAS, MODEL_ID, SEED_RANGE, LoRA, Request
+from zlab.errors import ValidationError
 
 MAX_CELLS = 100_000  # a sweep beyond this is almost surely a typo in an axis; max_cells=… allows more
 FILE_KEYS = ("prompt", "loras", "width", "height", "seed", "axes", "zip", "sheet", "name", "baseline")

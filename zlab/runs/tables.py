@@ -22,8 +22,8 @@ from typing import Any
 import pandas as pd
 
 from zlab.api.download import write_atomic
-from zlab.errors import ValidationError
 from zlab.core.table import AXIS_PREFERENCE, RESULT_COLUMNS, axis_rank, sheet_axes, varying_columns
+from zlab.errors import ValidationError
 
 __all__ = [
     "AXIS_PREFERENCE",

@@ -50,6 +50,7 @@ from starlette.types import Receive, Scope, Send
 
 from zlab.core.request import MODEL_ID, SIZE_RANGE, Request, input_problems
 from zlab.errors import ValidationError
+from zlab.server import dialect as dl
 from zlab.server import quirks as q
 from zlab.server import synthetic
 from zlab.server.faults import (
@@ -94,7 +95,8 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def _quoted(request_id: str) -> str:
-    return quote(request_id, safe="")  # ids are opaque: `.`, `:`, `?`, `#`, `%`, space all get quoted
+    quoted = quote(request_id, safe="")  # ids are opaque: `:`, `?`, `#`, `%`, space all get quoted
+    return quoted.replace(".", "%2E") if set(request_id) == {"."} else quoted  # `..` is not "parent"
 
 
 def _urls(base: str, request_id: str) -> dict[str, str]:
@@ -287,11 +289,15 @@ async def _submit(request: HTTPRequest) -> Response:
     width, height = q.snapped(quirks, generation.width, generation.height)
     rendered = generation.replace(width=width, height=height) if quirks.snap > 1 else None
     request_id = odd_request_id(faults.odd_ids, new_request_id()) if faults.odd_ids else None
+    if state.dialect is not None:
+        request_id = dl.new_id(state.dialect)
     job = state.scheduler.submit(
         generation, owner, will_fail=will_fail, bad_output=faults.bad_output, request_id=request_id, render_as=rendered
     )
     state.accepted += 1
     answer = q.success(quirks, {"request_id": job.request_id, **_urls(str(request.base_url), job.request_id)})
+    if state.dialect is not None:
+        answer = dl.with_success_code(state.dialect, answer)
     if fault == "drop_submit_after":
         state.stats.count_fault(fault)
         return DroppedResponse(faults.drop_mode, json.dumps(answer).encode())
@@ -328,14 +334,27 @@ def _request_call(request: HTTPRequest, endpoint: str) -> tuple[ServerState, Cal
     return state, fault, _job(request, state, owner)
 
 
+def _reply(state: ServerState, endpoint: str, reply: dl.Reply) -> Response:
+    status, body = reply
+    return Response(status_code=status) if body is None else _json(state, endpoint, body, status)
+
+
 async def _status(request: HTTPRequest) -> Response:
     state, fault, job = _request_call(request, "status")
+    if state.dialect is not None:
+        position = state.scheduler.queue_position(job)
+        return _maybe_drop(state, fault, _reply(state, "status", dl.status_answer(state.dialect, job.request_id,
+                                                                                   job.state, position)))  # fmt: skip
     body = status_body(job, state.scheduler.queue_position(job), str(request.base_url), state.quirks)
     return _maybe_drop(state, fault, _json(state, "status", body))
 
 
 async def _result(request: HTTPRequest) -> Response:
     state, fault, job = _request_call(request, "result")
+    if state.dialect is not None:
+        since = None if job.finished_mono is None else time.monotonic() - job.finished_mono
+        reply = await dl.result_reply(state, job, output_url(str(request.base_url), job, state.quirks), since)
+        return _maybe_drop(state, fault, _reply(state, "result", reply))
     early = q.not_ready(state.quirks, job.state)
     if early is not None:
         return _maybe_drop(state, fault, from_answer(early))
@@ -346,6 +365,8 @@ async def _result(request: HTTPRequest) -> Response:
 
 async def _cancel(request: HTTPRequest) -> Response:
     state, fault, job = _request_call(request, "cancel")
+    if state.dialect is not None:
+        return _maybe_drop(state, fault, _reply(state, "cancel", dl.cancel_reply(state, job)))
     quirks = state.quirks
     outcome = state.scheduler.cancel(job)
     if quirks.cancel_empty:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from zlab.errors import ConfigError
 from zlab.server.backend import Renderer
+from zlab.server.dialect import Dialect
 from zlab.server.faults import NO_FAULTS, Faults
 from zlab.server.quirks import Quirks
 from zlab.server.regime import Regime, format_capacity, parse_capacity
@@ -157,6 +158,7 @@ class LocalServer:
         self._faults = faults
         self._quirks = Quirks.parse(quirks)
         self._state: ServerState | None = None
+        self._dialect: Dialect | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -167,6 +169,7 @@ class LocalServer:
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._state, self._server = _build(self._config, self._faults, self._quirks, sock, log_config=None)
+        self._state.dialect = self._dialect
         server = self._server
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="zlab-server", daemon=True)
         self._thread.start()
@@ -240,6 +243,22 @@ class LocalServer:
         self._quirks = new
         if self._state is not None:
             self._state.set_quirks(new)
+        return new
+
+    @property
+    def dialect(self) -> Dialect | None:
+        """The generated dialect in force, if any (`zlab.server.dialect`)."""
+        return self._state.dialect if self._state is not None else self._dialect
+
+    def set_dialect(self, dialect: int | Dialect | None) -> Dialect | None:
+        """Speak a generated dialect now (a seed, or a `Dialect`); None returns to the named quirks.
+
+        Its file formats, redirects and queue positions are set as quirks (replacing those in force)."""
+        new = Dialect.from_seed(dialect) if isinstance(dialect, int) else dialect
+        self._dialect = new
+        self.set_quirks(new.quirks if new is not None else ())
+        if self._state is not None:
+            self._state.dialect = new
         return new
 
     @property

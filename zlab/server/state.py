@@ -13,12 +13,15 @@ import hashlib
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zlab.server import synthetic
 from zlab.server.backend import Renderer
 from zlab.server.faults import NO_FAULTS, Dice, Faults
 from zlab.server.quirks import Quirks
+
+if TYPE_CHECKING:
+    from zlab.server.dialect import Dialect
 from zlab.server.regime import Regime
 from zlab.server.scheduler import Latency, Scheduler, Stats
 
@@ -71,6 +74,7 @@ class ServerState:
         self.gateway_turn = 0  # which gateway error `submit_5xx_after_accept` answers next
         self.set_faults(faults)
         self.set_quirks(quirks or Quirks())
+        self.dialect: Dialect | None = None  # a generated dialect (`zlab.server.dialect`) speaks instead, when set
 
     @property
     def quirks(self) -> Quirks:
