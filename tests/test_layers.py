@@ -8,6 +8,7 @@ These read the source (ast), so they fail the moment a change adds an upward arr
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,14 @@ def test_only_config_reads_the_environment():
             if reads and isinstance(node.value, ast.Name) and node.value.id == "os":
                 readers.append(f"{name}:{node.lineno}")
     assert not readers, f"read settings through zlab.core.config, not os.environ: {readers}"
+
+
+def test_the_architecture_doc_names_every_module():
+    """docs/architecture.md is the map a newcomer reads first: a module it does not name is a module they miss."""
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text()
+    unnamed = [
+        name
+        for name, path in MODULES.items()
+        if path.stem not in ("__init__", "__main__") and not re.search(rf"\b{re.escape(path.stem)}\b", doc)
+    ]
+    assert not unnamed, f"describe these in docs/architecture.md: {unnamed}"
