@@ -19,8 +19,7 @@ from zlab import errors
 from zlab.api.http import API
 from zlab.core.polling import Pacer, Track
 from zlab.core.protocol import Outcome
-
-_FINISHED = ("succeeded", "failed", "cancelled")
+from zlab.core.status import is_finished
 
 
 class Signal:
@@ -102,10 +101,10 @@ async def follow(
                         said_finished = (await api.status(request_id)).terminal
                     outcome = Outcome("running", lagging=said_finished)
                 received = time.monotonic()
-                if outcome.phase not in _FINISHED and (said_finished or outcome.lagging):
+                if not is_finished(outcome.phase) and (said_finished or outcome.lagging):
                     outcome = await _lagging(api, request_id, deadline)
                     received = time.monotonic()
-                if outcome.phase in _FINISHED:
+                if is_finished(outcome.phase):
                     pacer.saw(
                         track,
                         sent,
@@ -149,5 +148,5 @@ async def _lagging(api: API, request_id: str, deadline: float) -> Outcome:
             outcome = await api.result(request_id)
         except errors.NotFoundError:
             continue
-        if outcome.phase in _FINISHED:
+        if is_finished(outcome.phase):
             return outcome

@@ -39,10 +39,9 @@ from collections.abc import Callable
 from typing import Literal
 
 from zlab.core.runtimes import Bound, Estimate, extrapolate, from_bounds, size_key
+from zlab.core.status import Phase, TrackPhase
 
 Endpoint = Literal["status", "result"]
-TrackPhase = Literal["unknown", "queued", "running", "finished"]
-SeenPhase = Literal["queued", "running", "completed", "succeeded", "failed", "cancelled"]
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -225,7 +224,7 @@ class Pacer:
         track: Track,
         sent: float,
         received: float,
-        phase: SeenPhase,
+        phase: Phase,
         position: int | None = None,
         *,
         endpoint: Endpoint = "status",
@@ -249,7 +248,7 @@ class Pacer:
         track: Track,
         sent: float,
         received: float,
-        phase: SeenPhase,
+        phase: Phase,
         position: int | None,
         endpoint: Endpoint,
         created: float | None,
@@ -328,7 +327,7 @@ class Pacer:
         return max(freed) if freed else (low + high) / 2
 
     def _saw_end(
-        self, track: Track, received: float, phase: SeenPhase, created: float | None, finished: float | None
+        self, track: Track, received: float, phase: Phase, created: float | None, finished: float | None
     ) -> None:
         self._learn_offset(track, received, created, finished)
         local = self._local(finished)

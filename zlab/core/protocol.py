@@ -22,14 +22,12 @@ import dataclasses
 import email.utils
 import math
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 from zlab import errors
-
-Phase = Literal["queued", "running", "completed", "succeeded", "failed", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"completed", "succeeded", "failed", "cancelled"})
-CancelOutcome = Literal["cancelled", "not_cancellable", "unknown"]
+from zlab.core.status import TERMINAL as TERMINAL  # the vocabulary lives in zlab.core.status; kept importable here
+from zlab.core.status import CancelOutcome, Phase, is_finished, is_terminal
 
 # Both vocabularies, plus spellings another deployment may plausibly use.
 _PHASES: dict[str, Phase] = {
@@ -83,7 +81,7 @@ class Status:
 
     @property
     def terminal(self) -> bool:
-        return self.phase in TERMINAL
+        return is_terminal(self.phase)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,7 +101,7 @@ class Outcome:
 
     @property
     def finished(self) -> bool:
-        return self.phase in ("succeeded", "failed", "cancelled")
+        return is_finished(self.phase)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -29,8 +29,8 @@ from collections.abc import Iterable
 from typing import Literal
 
 from zlab import errors
+from zlab.core.status import CellState, Phase
 
-CellState = Literal["planned", "submitting", "accepted", "succeeded", "failed", "cancelled", "unknown", "lost"]
 Action = Literal["done", "reuse", "cache", "collect", "send", "elsewhere", "hold"]
 Stop = Literal["token", "balance"]
 BUILTIN = "zlab-builtin"  # the identity of a run's own built-in server (`AsyncClient.identity`)
@@ -102,7 +102,7 @@ def after_submit_error(exc: BaseException) -> Next:
     return Next("failed", type(exc).__name__, f"{type(exc).__name__}: {text}")
 
 
-def after_outcome(phase: str, error: object, resends: int) -> Next:
+def after_outcome(phase: Phase, error: object, resends: int) -> Next:
     """A job ended without an image: failed on the server, or cancelled (sent again once in this run)."""
     if phase == "failed":
         message = error.get("message") or error.get("error_message") if isinstance(error, dict) else error
@@ -169,10 +169,10 @@ def check_budget(estimate_usd: float, budget: float | None, new_images: int) -> 
         )
 
 
-def tally_reasons(rows: Iterable[tuple[str, str | None]]) -> str:
+def tally_reasons(rows: Iterable[tuple[CellState, str | None]]) -> str:
     """'3 failed: token refused (403) ×2, job failed on the server ×1' for the run summary (cells that were
     refused before the service took them count as "not sent")."""
-    names = {
+    names: dict[CellState, str] = {
         "failed": "failed",
         "unknown": "unknown",
         "lost": "lost",
@@ -180,7 +180,7 @@ def tally_reasons(rows: Iterable[tuple[str, str | None]]) -> str:
         "planned": "not sent",
         "accepted": "pending",
     }
-    by_state: dict[str, Counter[str]] = {state: Counter() for state in names}
+    by_state: dict[CellState, Counter[str]] = {state: Counter() for state in names}
     for state, reason in rows:
         if state in by_state and (reason or state in ("failed", "unknown", "lost")):
             by_state[state][reason or "no reason recorded"] += 1

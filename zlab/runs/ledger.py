@@ -16,6 +16,9 @@ image cannot be fetched stays `accepted` and is collected again; after `MAX_COLL
 
     planned → submitting → accepted → succeeded | failed | cancelled | lost
     submitting (found on resume) → unknown
+
+The states are `zlab.core.status.CellState`; rows come out typed (`LedgerRow`) and go in typed (`Ledger.update`
+takes `CellFields`), so a misspelt state or column fails mypy, and at run time `update` refuses it too.
 """
 
 from __future__ import annotations
@@ -26,15 +29,16 @@ import sqlite3
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack, cast
 
 import pandas as pd
 from PIL import Image
 
 from zlab.api.download import write_atomic
+from zlab.core.status import CELL_STATES, CellState, table_status
 from zlab.core.table import EXTRA_COLUMNS, RESULT_COLUMNS
 from zlab.errors import ConfigError
 from zlab.runs.lock import DirLock
@@ -60,6 +64,68 @@ _ADDED = {
     "note": "TEXT",
     "backend": "TEXT",  # JSON: a local server's facts about the render
 }
+
+
+class CellFields(TypedDict, total=False):
+    """The columns of a cell that a run writes as the cell moves (`Ledger.update`'s keywords): mypy rejects a
+    misspelt column or a state that is no `CellState`."""
+
+    status: CellState
+    request_id: str | None
+    error: str | None  # the full message, for people
+    reason: str | None  # a short label, for the summary's tallies
+    image_path: str | None  # relative to the run directory
+    image_url: str | None
+    submitted_at: str | None  # ISO 8601
+    finished_at: str | None
+    queue_s: float | None
+    run_s: float | None
+    cost_usd: float | None
+    cost_source: str | None
+    base_url: str | None
+    origin: str | None  # the API that accepted the job
+    collect_attempts: int
+    cached: int  # 1: the image was copied from the shared cache
+    image_width: int | None
+    image_height: int | None
+    note: str | None
+    backend: str | None  # JSON
+
+
+class LedgerRow(TypedDict):
+    """One cell as the ledger holds it (`Ledger.rows()`, `Ledger.get()`): every column of its table."""
+
+    key: str
+    idx: int | None
+    params: str  # JSON: the cell's request as table columns
+    status: CellState
+    request_id: str | None
+    error: str | None
+    image_path: str | None
+    image_url: str | None
+    submitted_at: str | None
+    finished_at: str | None
+    queue_s: float | None
+    run_s: float | None
+    cost_usd: float | None
+    base_url: str | None
+    attempts: int
+    cached: int
+    updated: float | None
+    origin: str | None
+    reason: str | None
+    collect_attempts: int
+    cost_source: str | None
+    image_width: int | None
+    image_height: int | None
+    note: str | None
+    backend: str | None
+
+
+def _row(row: sqlite3.Row) -> LedgerRow:
+    # The table's columns are LedgerRow's keys (a test holds them equal), and every status in it was written
+    # through `update` (checked) or the literal SQL below.
+    return cast(LedgerRow, dict(row))
 
 
 def now_iso() -> str:
@@ -106,10 +172,14 @@ class Ledger:
         """Record each cell's estimated cost (cells added before the price was known)."""
         self._db.executemany("UPDATE cells SET cost_usd = ? WHERE key = ?", [(c, k) for k, c in costs])
 
-    def update(self, key: str, **fields: Any) -> None:
-        fields["updated"] = time.time()
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._db.execute(f"UPDATE cells SET {assignments} WHERE key = ?", [*fields.values(), key])
+    def update(self, key: str, **fields: Unpack[CellFields]) -> None:
+        """Write some of a cell's columns (typed: see `CellFields`)."""
+        unknown = set(fields) - set(CellFields.__annotations__)
+        if unknown or fields.get("status", "planned") not in CELL_STATES:  # a column name goes into the SQL
+            raise ValueError(f"not a ledger update: {sorted(unknown) or fields.get('status')!r}")
+        values: dict[str, Any] = {**fields, "updated": time.time()}
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        self._db.execute(f"UPDATE cells SET {assignments} WHERE key = ?", [*values.values(), key])
 
     def mark_submitting(self, key: str, base_url: str, origin: str) -> None:
         """The POST is about to leave: from now on the cell may be billed."""
@@ -130,12 +200,14 @@ class Ledger:
             "INSERT OR IGNORE INTO seeds (slot, seed) VALUES (?, ?)", [(i, int(s)) for i, s in enumerate(seeds)]
         )
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> LedgerRow | None:
+        """One cell, or None when the ledger has no such key."""
         row = self._db.execute("SELECT * FROM cells WHERE key = ?", (key,)).fetchone()
-        return dict(row) if row else None
+        return _row(row) if row else None
 
-    def rows(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._db.execute("SELECT * FROM cells ORDER BY idx")]
+    def rows(self) -> list[LedgerRow]:
+        """Every cell, in sweep order."""
+        return [_row(r) for r in self._db.execute("SELECT * FROM cells ORDER BY idx")]
 
     def recover(self) -> int:
         """After a crash: cells caught between sending and hearing back become `unknown`."""
@@ -216,7 +288,7 @@ class RunDir:
         self._lock.release()
 
 
-def results_frame(rows: list[dict[str, Any]], extra_columns: Iterable[str] = ()) -> pd.DataFrame:
+def results_frame(rows: Sequence[LedgerRow], extra_columns: Iterable[str] = ()) -> pd.DataFrame:
     """Ledger rows → the contract's DataFrame: parameters, status/timing columns, axes, then added columns
     (`cost_source`, `image_width`/`image_height`, `note`, `cached`, and `backend_*` for local renders)."""
     records = []
@@ -224,13 +296,14 @@ def results_frame(rows: list[dict[str, Any]], extra_columns: Iterable[str] = ())
     for row in rows:
         params = json.loads(row["params"])
         record = {column: params.get(column, row.get(column)) for column in RESULT_COLUMNS}
-        record["status"] = "pending" if row["status"] in ("accepted", "submitting") else row["status"]
+        record["status"] = table_status(row["status"])
         for column in extra_columns:
             record.setdefault(column, params.get(column))
         for column in EXTRA_COLUMNS:
             record[column] = row.get(column)
         record["cached"] = bool(row.get("cached"))
-        for name, value in (json.loads(row["backend"]) if row.get("backend") else {}).items():
+        backend = row["backend"]
+        for name, value in (json.loads(backend) if backend else {}).items():
             column = f"backend_{name}"
             record[column] = value if isinstance(value, str | int | float | bool) or value is None else str(value)
             if column not in backend_columns:

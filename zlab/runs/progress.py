@@ -25,13 +25,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from zlab.core.config import in_report
+from zlab.core.status import BarState
 
 __all__ = ["Progress", "ProgressState", "shown_in"]
 
 _REDRAW_S = 0.25  # at most four redraws a second: updates are cheap, but each is an iopub message
 _WINDOW = 32  # finishes used for the throughput: recent enough to follow a change of pace
-_SHOWN = ("running", "queued", "succeeded", "reused", "failed", "cancelled", "pending", "unknown")
-_COLOURS = {"succeeded": "#2e7d32", "failed": "#c62828", "running": "#1565c0", "queued": "#90caf9"}
+_SHOWN: tuple[BarState, ...] = ("running", "queued", "succeeded", "reused", "failed", "cancelled", "pending", "unknown",
+                                 "lost")  # fmt: skip
+_COLOURS: dict[BarState, str] = {"succeeded": "#2e7d32", "failed": "#c62828", "running": "#1565c0", "queued": "#90caf9"}
 
 
 @dataclasses.dataclass
@@ -40,13 +42,13 @@ class ProgressState:
 
     total: int
     done: int = 0  # finished before this run started (resumed cells)
-    counts: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    counts: collections.Counter[BarState] = dataclasses.field(default_factory=collections.Counter)
     started: float = dataclasses.field(default_factory=time.monotonic)
     finishes: collections.deque[float] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=_WINDOW))
     finished: int = 0  # finished during this run
     closed_at: float | None = None
 
-    def move(self, old: str | None, new: str, finished: bool = False, now: float | None = None) -> None:
+    def move(self, old: BarState | None, new: BarState, finished: bool = False, now: float | None = None) -> None:
         """One cell changes state; `finished` when it will not change again in this run."""
         if old:
             self.counts[old] -= 1
@@ -82,7 +84,7 @@ class ProgressState:
         end = self.closed_at if self.closed_at is not None else (time.monotonic() if now is None else now)
         return end - self.started
 
-    def parts(self) -> list[tuple[str, int]]:
+    def parts(self) -> list[tuple[BarState, int]]:
         """(state, count) worth showing, in a fixed order; `waiting` is what has not reached the server."""
         shown = [(s, self.counts[s]) for s in _SHOWN if self.counts[s] > 0]
         at_server = self.counts["running"] + self.counts["queued"]
@@ -109,7 +111,7 @@ class ProgressState:
         """A static HTML bar: a stacked strip per state (done, running, queued) and the text line."""
         total = max(self.total, 1)
         failed = self.counts["failed"] + self.counts["cancelled"]
-        widths = {
+        widths: dict[BarState, int] = {
             "succeeded": max(0, self.complete - failed),  # resumed cells count as done even if uncounted
             "failed": failed,
             "running": self.counts["running"],
@@ -165,7 +167,7 @@ class Progress:
     """Progress of one run: ``Progress(total, done, enabled)``, ``.counts``, ``.move(old, new, finished)``,
     ``.close()``.
 
-    States are whatever the runner calls them; `queued` (waiting at the server) and `running` are shown
+    States are `zlab.core.status.BarState`s; `queued` (waiting at the server) and `running` are shown
     apart, and cells not yet at the server as `waiting`. `done` counts cells finished before the run
     (a resume). Drawing is throttled; `close()` draws the final state once more and leaves it in place.
     `enabled=False` (or no notebook and no terminal) counts without drawing.
@@ -188,7 +190,7 @@ class Progress:
         self._refresh(force=True)
 
     @property
-    def counts(self) -> collections.Counter[str]:
+    def counts(self) -> collections.Counter[BarState]:
         """Cells by state (the runner may set initial counts directly)."""
         return self.state.counts
 
@@ -196,7 +198,7 @@ class Progress:
     def total(self) -> int:
         return self.state.total
 
-    def move(self, old: str | None, new: str, finished: bool = False) -> None:
+    def move(self, old: BarState | None, new: BarState, finished: bool = False) -> None:
         """One cell moves from state `old` (None: newly counted) to `new`; `finished` advances the bar."""
         self.state.move(old, new, finished)
         self._refresh(force=finished and self.state.complete >= self.state.total)

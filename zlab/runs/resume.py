@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import time
-from typing import Any
 
 import pandas as pd
 
@@ -17,7 +16,7 @@ from zlab.api import jobs
 from zlab.core import runplan
 from zlab.core.runplan import Action, CellView
 from zlab.core.table import request_from_row
-from zlab.runs.ledger import Cache, RunDir, intact_image
+from zlab.runs.ledger import Cache, LedgerRow, RunDir, intact_image
 from zlab.runs.sweep import Cell, Sweep
 
 
@@ -35,7 +34,7 @@ def seeded(run: RunDir, sweep: Sweep) -> Sweep:
     return sweep.with_seed_draws(draws) if draws != list(sweep.seed_draws) else sweep
 
 
-def view(run: RunDir, row: dict[str, Any], cache: Cache | None, broken: list[str]) -> CellView:
+def view(run: RunDir, row: LedgerRow, cache: Cache | None, broken: list[str]) -> CellView:
     """What `decide` needs of one cell; an image counts only if it decodes (a cut-short file is noted in
     `broken` and fetched again by request id, or rendered again)."""
     state = row["status"]
@@ -63,7 +62,7 @@ def integrity_notes(broken: list[str], actions: dict[str, Action], bad_cache: in
     return notes
 
 
-def orphan(row: dict[str, Any]) -> Cell | None:
+def orphan(row: LedgerRow) -> Cell | None:
     """A cell of an earlier sweep in this directory whose job was accepted: still collected, never dropped."""
     try:
         request = request_from_row(json.loads(row["params"]))
@@ -73,7 +72,7 @@ def orphan(row: dict[str, Any]) -> Cell | None:
 
 
 def notes(
-    rows: dict[str, dict[str, Any]], keys: set[str], identity: str, orphans: list[Cell], actions: dict[str, Action]
+    rows: dict[str, LedgerRow], keys: set[str], identity: str, orphans: list[Cell], actions: dict[str, Action]
 ) -> list[str]:
     notes = []
     elsewhere = collections.Counter(
@@ -97,7 +96,7 @@ def notes(
     return notes
 
 
-def grace(row: dict[str, Any]) -> float:
+def grace(row: LedgerRow) -> float:
     """Until when a 404 for a job accepted in an earlier run still means "not visible yet" (monotonic)."""
     try:
         accepted = pd.Timestamp(row["submitted_at"]).timestamp()

@@ -18,9 +18,9 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Unpack
 
 from zlab import errors
 from zlab.api import jobs
@@ -31,8 +31,9 @@ from zlab.core.config import cache_root
 from zlab.core.polling import Track
 from zlab.core.pricing import final_cost
 from zlab.core.runplan import Action, Next, Stop
+from zlab.core.status import BarState, CellState, bar_finished, bar_state, bar_state_at_service, is_paid
 from zlab.runs import resume
-from zlab.runs.ledger import Cache, RunDir, intact_image, now_iso, results_frame
+from zlab.runs.ledger import Cache, CellFields, LedgerRow, RunDir, intact_image, now_iso, results_frame
 from zlab.runs.progress import Progress
 from zlab.runs.result import RunResult, paid_for
 from zlab.runs.sweep import SECONDS_PER_IMAGE, Cell, Sweep
@@ -65,6 +66,9 @@ class Service(Protocol):
 
 
 CANCEL_DEADLINE_S = jobs.CANCEL_DEADLINE_S
+# A cell's facts the shared cache keeps beside its image, and copies into the ledger of a run that reuses it.
+_CACHED = ("request_id", "image_url", "submitted_at", "finished_at", "queue_s", "run_s", "base_url", "image_width",
+           "image_height", "note")  # fmt: skip
 
 
 async def run_sweep(
@@ -235,11 +239,11 @@ class _RunState:
         self.bad_cache = 0
         self.inflight: set[asyncio.Task[Any]] = set()
         self.stopped: Stop | None = None
-        self.shown: dict[str, str] = {}
+        self.shown: dict[str, BarState] = {}
         self.paid: list[tuple[float, str]] = []  # (cost, its source) of each image generated in this run
         self.sweep_json = json.dumps(sweep.to_dict(), default=str)
 
-    def _show(self, key: str, state: str, finished: bool = False) -> None:
+    def _show(self, key: str, state: BarState, finished: bool = False) -> None:
         """Move one cell's place on the progress bar (each cell is counted in exactly one state)."""
         self.progress.move(self.shown.get(key), state, finished)
         self.shown[key] = state
@@ -272,9 +276,9 @@ class _RunState:
         while True:
             await asyncio.sleep(0.25)
             for key, track in list(self.tracks.items()):
-                shown = self.shown.get(key)
-                if shown in ("queued", "running") and track.phase in ("queued", "running") and track.phase != shown:
-                    self._show(key, track.phase)
+                shown, seen = self.shown.get(key), bar_state_at_service(track.phase)
+                if shown in ("queued", "running") and seen is not None and seen != shown:
+                    self._show(key, seen)
 
     async def cell(self, cell: Cell, action: Action) -> None:
         try:
@@ -283,7 +287,9 @@ class _RunState:
             elif action == "cache" and self._from_cache(cell):
                 return
             elif action == "collect":
-                row = self.ledger.get(cell.key) or {}
+                row = self.ledger.get(cell.key)
+                if row is None:
+                    raise LookupError(f"the ledger holds no cell {cell.key}")
                 async with self.slots:
                     again = await self._job(cell, row["request_id"], grace_until=resume.grace(row))
                 if again:  # found cancelled at the server: nothing was billed, so it is sent again
@@ -347,8 +353,7 @@ class _RunState:
             if key not in self.ids:  # never accepted: the submit's failure
                 self._apply(key, runplan.after_submit_error(exc))
             else:
-                attempts = (self.ledger.get(key) or {}).get("collect_attempts") or 0
-                self._apply(key, runplan.after_collect_error(exc, attempts))
+                self._apply(key, runplan.after_collect_error(exc, self._collect_attempts(key)))
             return False
         finally:
             self.tracks.pop(key, None)
@@ -374,10 +379,11 @@ class _RunState:
         if self.on_image is not None:  # e.g. the client caches the thumbnail of the image it has decoded already
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self.on_image, self.run.root, self.run.root / path, gen.image)
-        estimate = (self.ledger.get(key) or {}).get("cost_usd") or 0.0
+        row = self.ledger.get(key)
+        estimate = (row["cost_usd"] if row is not None else None) or 0.0
         cost, source = final_cost(gen.cost_usd, estimate)
         width, height = gen.size
-        fields: dict[str, Any] = {
+        fields: CellFields = {
             "image_path": path, "image_url": gen.url, "cost_usd": cost, "cost_source": source,
             "image_width": width, "image_height": height, "note": gen.note,
             "backend": json.dumps(gen.backend) if gen.backend else None,
@@ -387,9 +393,8 @@ class _RunState:
         self._apply(key, Next("succeeded"), **fields)
         self.paid.append((cost, source))
         if self.cache is not None:
-            row = self.ledger.get(key) or {}
-            info = {k: row.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s",
-                                            "run_s", "base_url", "image_width", "image_height", "note")}  # fmt: skip
+            saved = self.ledger.get(key)
+            info = {k: saved.get(k) for k in _CACHED} if saved is not None else {}
             with contextlib.suppress(OSError):  # a convenience: a full or read-only cache never fails a cell
                 await asyncio.to_thread(self.cache.put, key, self.run.root / path, info)
 
@@ -412,33 +417,35 @@ class _RunState:
             return False
         target = self.run.image_file(cell.key, source.suffix)
         self.cache.copy_to(source, target)
-        fields = {k: info.get(k) for k in ("request_id", "image_url", "submitted_at", "finished_at", "queue_s",
-                                            "run_s", "base_url", "image_width", "image_height", "note")}  # fmt: skip
-        self._apply(cell.key, Next("succeeded"), reused=True, cached=1, cost_usd=0.0, cost_source="estimate",
-                    image_path=str(target.relative_to(self.run.root)), **fields)  # fmt: skip
+        self._apply(cell.key, Next("succeeded"), reused=True, **_cached_fields(info, target.relative_to(self.run.root)))
         return True
 
-    def _apply(self, key: str, nxt: Next, *, reused: bool = False, **fields: Any) -> None:
+    def _collect_attempts(self, key: str) -> int:
+        """Failed tries so far at collecting this cell's paid job."""
+        row = self.ledger.get(key)
+        return (row["collect_attempts"] or 0) if row is not None else 0
+
+    def _apply(self, key: str, nxt: Next, *, reused: bool = False, **fields: Unpack[CellFields]) -> None:
         """Record where a cell went; stop sending when the token or the balance says so (`reused`: its
         image came from the directory or the cache, shown apart from the generated ones)."""
         if nxt.count_attempt:
-            row = self.ledger.get(key) or {}
-            fields["collect_attempts"] = (row.get("collect_attempts") or 0) + 1
+            fields["collect_attempts"] = self._collect_attempts(key) + 1
         if key in self.ids and nxt.state != "planned":  # repairs a request id the ledger could not take at once
             fields.setdefault("request_id", self.ids[key])
-        self.ledger.update(key, status=nxt.state, reason=nxt.reason, error=nxt.error, **fields)
+        fields["status"], fields["reason"], fields["error"] = nxt.state, nxt.reason, nxt.error
+        self.ledger.update(key, **fields)
         if nxt.stop and not self.stopped:
             self.stopped = nxt.stop
-        shown = "reused" if reused else {"accepted": "pending", "planned": "waiting"}.get(nxt.state, nxt.state)
-        self._show(key, shown, finished=shown != "waiting")
+        shown = bar_state(nxt.state, reused=reused)
+        self._show(key, shown, finished=bar_finished(shown))
 
     def _local_error(self, key: str, exc: Exception) -> None:
         """Something on this machine failed (not the job): say so on the cell, keep the sweep going."""
         message = f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):
-            row = self.ledger.get(key) or {}
-            paid = row.get("status") in ("accepted", "submitting")
-            state = "accepted" if paid else "failed"
+            row = self.ledger.get(key)
+            paid = row is not None and is_paid(row["status"])
+            state: CellState = "accepted" if paid else "failed"
             self.ledger.update(
                 key, status=state, reason=f"local error ({type(exc).__name__})",
                 error=f"{message}; fix it and rerun" + ("; the paid job is collected again" if paid else ""),
@@ -454,8 +461,9 @@ class _RunState:
             r for r in self.ledger.rows() if r["status"] == "accepted" and r["request_id"] and r["origin"] == identity
         ]
 
-        async def cancel(row: dict[str, Any]) -> bool:
-            if await jobs.cancel_bounded(self.api, row["request_id"]) != "cancelled":
+        async def cancel(row: LedgerRow) -> bool:
+            request_id = row["request_id"]
+            if request_id is None or await jobs.cancel_bounded(self.api, request_id) != "cancelled":
                 return False
             self.ledger.update(
                 row["key"], status="cancelled", reason="cancelled by you (Ctrl-C) while queued",
@@ -469,3 +477,15 @@ class _RunState:
             f"zlab: interrupted: {cancelled} queued job(s) cancelled, {len(open_jobs) - cancelled} running job(s) "
             "recorded; run the same command again to collect them"
         )
+
+
+def _cached_fields(info: Mapping[str, Any], image_path: Path) -> CellFields:
+    """A cell whose image was copied from the shared cache to `image_path` (relative to the run directory):
+    the entry's facts (`_CACHED`, as `_RunState._save` put them there) as ledger columns, at no cost."""
+    return CellFields(
+        cached=1, cost_usd=0.0, cost_source="estimate", image_path=str(image_path),
+        request_id=info.get("request_id"), image_url=info.get("image_url"), submitted_at=info.get("submitted_at"),
+        finished_at=info.get("finished_at"), queue_s=info.get("queue_s"), run_s=info.get("run_s"),
+        base_url=info.get("base_url"), image_width=info.get("image_width"), image_height=info.get("image_height"),
+        note=info.get("note"),
+    )  # fmt: skip

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from zlab.core.concurrency import Concurrency, InFlight, may_send
-from zlab.core.polling import Endpoint, Pacer, SeenPhase, Track
+from zlab.core.polling import Endpoint, Pacer, Track
+from zlab.core.status import Phase
 
 Positions = Literal["0", "1", "missing"]
 CLIENT_CLOCK = 1000.0  # the client's monotonic clock reads sim time + this
@@ -186,7 +187,7 @@ class _Sim:
         if job.on_finish is not None:
             job.on_finish()
 
-    def read(self, job: _Job, endpoint: str) -> tuple[SeenPhase, int | None]:
+    def read(self, job: _Job, endpoint: str) -> tuple[Phase, int | None]:
         """What /status or /result says about `job` now."""
         self.calls[endpoint] += 1
         if job.finished is not None:
@@ -206,7 +207,7 @@ class _Sim:
         self.at(sent + self.sc.rtt_s / 2, self._arrive, job)
         self.at(sent + self.sc.rtt_s, then, sent, sent + self.sc.rtt_s)
 
-    def call(self, job: _Job, endpoint: str, then: Callable[[float, float, SeenPhase, int | None], None]) -> None:
+    def call(self, job: _Job, endpoint: str, then: Callable[[float, float, Phase, int | None], None]) -> None:
         """A /status or /result call now: read at the server half a round trip later, answered after one."""
         sent = self.t
 
@@ -312,7 +313,7 @@ def _fixed(sim: _Sim, done: Done, saw: Saw, interval: float, first: float) -> St
     def ask(i: int) -> None:
         sim.call(sim.ours[i], "status", lambda s, r, phase, pos: heard(i, phase))
 
-    def heard(i: int, phase: SeenPhase) -> None:
+    def heard(i: int, phase: Phase) -> None:
         saw(i, "finished" if phase == "completed" else phase)
         if phase == "completed":
             sim.call(sim.ours[i], "result", lambda *_: done(i))
@@ -349,7 +350,7 @@ def _zlab(sim: _Sim, done: Done, saw: Saw, planner: Pacer, tracks: dict[int, Tra
         busy.add(i)
         sim.call(sim.ours[i], endpoint, lambda s, r, phase, pos: heard(i, endpoint, s, r, phase, pos))
 
-    def heard(i: int, endpoint: Endpoint, sent: float, got: float, phase: SeenPhase, pos: int | None) -> None:
+    def heard(i: int, endpoint: Endpoint, sent: float, got: float, phase: Phase, pos: int | None) -> None:
         busy.discard(i)
         job = sim.ours[i]
         final = endpoint == "result" and phase == "succeeded"
