@@ -37,6 +37,9 @@ HERE = "https://api.example"
         (CellView("cancelled"), {}, "send"),
         (CellView("accepted", cached=True, origin=HERE, request_id=True), {}, "collect"),  # paid: never copied
         (CellView("unknown", origin=BUILTIN), {}, "send"),  # the built-in server bills nothing
+        # accepted with no id on record (a local failure mid-submit): it may be paid, so it is held, never resent
+        (CellView("accepted", origin=HERE, request_id=False), {}, "hold"),
+        (CellView("accepted", origin=HERE, request_id=False), {"retry_unknown": True}, "send"),
         (CellView("unknown", cached=True, origin=HERE), {}, "cache"),
     ],
 )

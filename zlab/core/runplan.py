@@ -6,7 +6,8 @@ What to do with a cell at the start of a run (`decide`):
     its image is in the run directory, whole     → done (or `reuse`: recorded succeeded, nothing sent)
     succeeded, its image gone or broken          → collect again by its request id at the API that took it
                                                    (never paid again); without one, send (re-render)
-    accepted, at the API this run talks to       → collect (poll by id; never resubmit)
+    accepted, at the API this run talks to       → collect (poll by id; never resubmit); with no id on
+                                                   record, held as unknown (it may be paid)
     accepted by the built-in server of a run that ended → send (that server is gone; nothing was billed)
     accepted by another API                      → elsewhere (left accepted; the summary says where)
     unknown (submit outcome never heard)         → hold, or send with retry_unknown (may pay twice);
@@ -68,6 +69,8 @@ def decide(cell: CellView, *, identity: str, retry_unknown: bool = False, resend
     if cell.state == "succeeded" and cell.request_id and here:
         return "collect"  # paid already: fetched again by its id, never paid again
     if cell.state == "accepted":
+        if here and not cell.request_id:  # accepted, but its id was never recorded: as good as unknown
+            return "send" if retry_unknown else "hold"
         if here:
             return "collect"
         if cell.origin == BUILTIN:

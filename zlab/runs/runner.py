@@ -445,10 +445,14 @@ class _RunState:
         with contextlib.suppress(Exception):
             row = self.ledger.get(key)
             paid = row is not None and is_paid(row["status"])
-            state: CellState = "accepted" if paid else "failed"
+            request_id = self.ids.get(key) or (row["request_id"] if row is not None else None)
+            # A job with a known id is collected again; one whose submit may have left without its id being
+            # heard is `unknown` (never sent again on its own); nothing was sent otherwise.
+            state: CellState = ("accepted" if request_id else "unknown") if paid else "failed"
+            then = {"accepted": "; the paid job is collected again", "unknown": "; its submit outcome is unknown"}
             self.ledger.update(
                 key, status=state, reason=f"local error ({type(exc).__name__})",
-                error=f"{message}; fix it and rerun" + ("; the paid job is collected again" if paid else ""),
+                error=f"{message}; fix it and rerun" + then.get(state, ""),
             )  # fmt: skip
         self._show(key, "failed", finished=True)
 
