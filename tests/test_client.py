@@ -166,6 +166,7 @@ def test_bad_outputs_are_clear_errors(bad, words):
         with pytest.raises(errors.DownloadError, match=words) as info:
             client.generate(SMALL)
     assert "collect it again with client.job(" in str(info.value)  # paid for: never just dropped
+    assert info.value.url and info.value.url.startswith(srv.base_url)  # the advice keeps what the error knew
 
 
 def test_a_non_http_output_url_is_never_fetched():

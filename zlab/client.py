@@ -191,8 +191,8 @@ class AsyncClient:
         except (errors.DownloadError, errors.ProtocolError, errors.TransportError) as exc:
             if not ids:  # nothing was accepted (or its id is unknown): the error as it is
                 raise
-            raise type(exc)(
-                f"{exc}. The job succeeded and is paid for: collect it again with "
+            raise exc.extended(
+                f"The job succeeded and is paid for: collect it again with "
                 f"client.job({ids[0]!r}).download() (or `zlab generate --collect {ids[0]} --out FILE`)"
             ) from exc
         if isinstance(result, jobs.TimedOut):

@@ -26,11 +26,19 @@ Values quoted in messages are cut short, so no input (a YAML alias bomb, say) ma
 
 from __future__ import annotations
 
-from typing import Any
+import copy as _copy
+from typing import Any, Self
 
 
 class ZlabError(Exception):
     """Root of every error zlab raises on purpose."""
+
+    def extended(self, advice: str) -> Self:
+        """A copy of this error whose message ends with `advice` (what to do next), every attribute kept
+        (`url`, `transient`, `status_code`, …), so a caller that adds advice never loses what it knew."""
+        copy = _copy.copy(self)
+        copy.args = (f"{self}. {advice}",)
+        return copy
 
 
 class ValidationError(ZlabError, ValueError):
