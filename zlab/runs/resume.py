@@ -97,7 +97,12 @@ def notes(
 
 
 def grace(row: LedgerRow) -> float:
-    """Until when a 404 for a job accepted in an earlier run still means "not visible yet" (monotonic)."""
+    """Until when a 404 for a job accepted in an earlier run still means "not visible yet" (monotonic).
+
+    A job an earlier run already failed to collect has had its chance to become visible: a 404 now is real
+    (so a rerun does not wait out a minute for each expired id)."""
+    if row["collect_attempts"]:
+        return time.monotonic()
     try:
         accepted = pd.Timestamp(row["submitted_at"]).timestamp()
     except (TypeError, ValueError):
