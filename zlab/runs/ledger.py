@@ -217,8 +217,29 @@ class Ledger:
         ).rowcount
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
 def intact_image(path: Path) -> bool:
-    """Whether the file decodes whole (a file cut short, emptied or overwritten is not an image)."""
+    """Whether the file is a whole image (a file cut short, emptied or overwritten is not).
+
+    Every rerun asks this of every image in the directory, so the formats zlab saves are checked by their
+    framing, reading a few bytes at each end: a PNG ends with its IEND chunk, a JPEG with its end-of-image
+    marker, a WebP's RIFF header states the file's length. Any other file is decoded whole."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(16)
+            size = file.seek(0, 2)
+            file.seek(max(0, size - 64))
+            tail = file.read()
+    except OSError:
+        return False
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return tail.endswith(_PNG_END)
+    if head.startswith(b"\xff\xd8\xff"):
+        return b"\xff\xd9" in tail  # only the marker itself is FF D9: entropy-coded FFs are followed by 00
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return int.from_bytes(head[4:8], "little") + 8 == size
     try:
         with Image.open(path) as probe:
             probe.load()
