@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from zlab.core.polling import Pacer, Track
+from zlab.core.polling import Pacer, Poll, Track
 from zlab.testing.queuesim import Scenario, ideal, simulate
 
 EPOCH = 1.7e9  # the server's clock: the planner must map it onto the caller's
@@ -123,6 +123,72 @@ def test_only_the_first_queued_job_is_asked_again():
     assert pacer.plan(second, 2.01).at >= 2.0 + pacer.stale_s  # behind the frontier: left alone
     at = pacer.plan(first, 2.01).at  # on a timer from its drain, within 0.1–0.5 of the run time
     assert 2.0 + 0.1 <= at <= 2.0 + 0.5 + 1e-9
+
+
+def test_a_job_sent_behind_a_queued_one_is_not_asked_until_it_reaches_the_front():
+    pacer = Pacer()
+    finished_job(pacer, 0.0, 1.0)
+    first = Track(2.0, sent=2.0)
+    pacer.register(first)
+    pacer.saw(first, 2.0, 2.001, "queued", 3)
+    later = Track(2.1, sent=2.09)  # sent after `first` was seen waiting: first come, first served
+    pacer.register(later)
+    assert later.phase == "queued" and later.polls == 0
+    assert pacer.plan(later, 2.1).at >= 2.1 + pacer.stale_s  # not asked while `first` is the front
+    assert pacer.saw(first, 2.5, 2.501, "running")  # the front moved: everyone re-plans
+    assert pacer.frontier() is later and pacer.plan(later, 2.502).endpoint == "status"
+
+
+def test_a_job_collected_by_id_is_asked_even_behind_queued_ones():
+    pacer = Pacer()
+    first = Track(2.0, sent=2.0)
+    pacer.register(first)
+    pacer.saw(first, 2.0, 2.001, "queued", 0)
+    resumed = Track(2.1)  # no submit of ours: it may have run long ago
+    pacer.register(resumed)
+    assert resumed.phase == "unknown" and pacer.plan(resumed, 2.1) == Poll(2.1, "status")
+
+
+def test_far_from_the_front_the_frontier_is_asked_less_often():
+    pacer = Pacer()
+    finished_job(pacer, 0.0, 1.0)
+    near, far = Track(2.0, sent=2.0), Track(2.0, sent=2.0)
+    pacer.register(near)
+    pacer.saw(near, 2.0, 2.001, "queued", 1)
+    pacer.saw(near, 2.5, 2.501, "queued", 0)  # one position per half second
+    near_at = pacer.plan(near, 2.51).at
+    other = Pacer()
+    finished_job(other, 0.0, 1.0)
+    other.register(far)
+    other.saw(far, 2.0, 2.001, "queued", 9)
+    other.saw(far, 2.5, 2.501, "queued", 8)  # the same drain, eight places further back
+    far_at = other.plan(far, 2.51).at
+    assert near_at <= 2.5 + 0.5 * 1.0 + 1e-9  # near the front: within half a run time
+    assert far_at > 2.5 + 0.5 * 1.0 and far_at <= 2.5 + other.approach_max * 1.0 + 1e-9  # ~4.5 s away: later
+
+
+def test_follow_ups_are_sized_to_how_much_run_times_vary():
+    steady, jittery = Pacer(), Pacer()
+    t = 0.0
+    for run in (1.0, 1.0, 1.0, 1.0, 1.0):
+        finished_job(steady, t, run)
+        t += 1.1
+    t = 0.0
+    for run in (0.7, 1.3, 1.0, 0.8, 1.2):
+        finished_job(jittery, t, run)
+        t += 1.4
+    gaps = []
+    for pacer in (steady, jittery):
+        track = Track(20.0, sent=20.0)
+        pacer.register(track)
+        pacer.saw(track, 20.0, 20.001, "running")
+        est = pacer.estimate(None)
+        assert est is not None
+        due = pacer.plan(track, 20.01).at
+        pacer.saw(track, due, due + 0.001, "running", endpoint="result")
+        gaps.append(pacer.plan(track, due + 0.001).at - due)
+    assert gaps[0] == pytest.approx(0.03, abs=0.005)  # a steady server: 3% of the run time
+    assert gaps[1] >= 0.5 * 0.2  # a jittery one: no finer than half its spread (about 0.2 s here)
 
 
 def test_a_finish_of_the_callers_asks_the_frontier_soon_after():

@@ -10,11 +10,13 @@ at once by the service itself:
 
 `running` counts only the caller's jobs its poller saw running, so the number in flight follows the
 service: when the service grows, more of the queued jobs start, the headroom is refilled and grows
-with them (the first wave doubles per round trip until the capacity is found); at least 4 stay
-queued, so a small service shared with other users still finds some of the caller's jobs waiting; when it shrinks,
-fewer run and fewer are sent. Jobs whose result is being collected no longer hold a place at the
-service. Other users' jobs ahead in the queue only delay the caller's queued ones; they are never
-counted. The headroom covers a whole wave finishing at once (the same run time on every slot).
+with them (the first wave doubles per round trip until the capacity is found); at least 6 stay
+queued, so a small service shared with other users still finds some of the caller's jobs waiting
+(with 4, a 2- or 8-slot service where others keep 85% busy ran the sweep 1.02-1.08x slower than an
+omniscient client under the same rule; with 6, 1.02-1.04x); when it shrinks, fewer run and fewer
+are sent. Jobs whose result is being collected no longer hold a place at the service. Other users'
+jobs ahead in the queue only delay the caller's queued ones; they are never counted. The headroom
+covers a whole wave finishing at once (the same run time on every slot).
 
 An explicit number is a hard cap on cells between submit and collected, as before.
 
@@ -40,7 +42,7 @@ from zlab import errors
 
 Concurrency = int | Literal["auto"]
 MAX_IN_FLIGHT = 256  # never more cells between submit and collected, whatever the service runs
-MIN_QUEUED = 4  # the automatic headroom never drops below this many queued jobs
+MIN_QUEUED = 6  # the automatic headroom never drops below this many queued jobs
 HEADROOM = 1.0  # ... and covers this fraction of the jobs seen running (a wave finishing together)
 ASSUMED_CAPACITY = 8  # what plans assume of an unseen service under `auto` (its estimate's waves)
 

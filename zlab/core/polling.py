@@ -14,15 +14,18 @@ image size has its own estimate; an unseen size is extrapolated linearly in mega
 not yet confirmed by a job that started after the first finish (the first wave may have been a cold
 start) sends one "scout" job probing early, so faster warm runs are noticed after one job.
 
-Queued jobs: only the frontier is asked. Every new job gets one /status. After that, only the
-caller's first queued job is asked again: once per detected finish of the caller's (a slot it may
-take), on a timer from how fast its position drains (clamped to 0.1–0.5 of the run time), and at
-once after it started with no finish of the caller's to explain it (other users' jobs ended, or the
-server grew), because then the next one may have started too.
+Queued jobs: only the frontier is asked. A job sent while one of the caller's own jobs still waits
+is taken as queued (the queue is first come, first served) and not asked until it reaches the
+front; any other new job gets one /status. After that, only the caller's first queued job is asked
+again: once per detected finish of the caller's (a slot it may take), on a timer from how fast its
+position drains (0.1–0.5 of the run time near the front; far back, after 70% of the expected wait,
+at most two run times), and at once after it started with no finish of the caller's to explain it
+(other users' jobs ended, or the server grew), because then the next one may have started too.
 
 Running jobs: one /result just after start + run time; an early answer is followed up after 3% of
-the run time, growing ×1.5, capped at 10% of the time run so far. Before any run time is known:
-probe at +0.2 s, then every 50% of the time run. Every finish re-plans every waiter.
+the run time (or half the spread of recent run times, if larger: fine steps only add calls across
+a jittery server's spread), growing ×1.5, capped at 10% of the time run so far. Before any run time
+is known: probe at +0.2 s, then every 50% of the time run. Every finish re-plans every waiter.
 
 Limits no poller beats: with lognormal σ = 0.3 jitter, few calls and small lag cannot both hold;
 at concurrency = capacity the server idles between a finish and the next submit.
@@ -38,7 +41,7 @@ import statistics
 from collections.abc import Callable
 from typing import Literal
 
-from zlab.core.runtimes import Bound, Estimate, extrapolate, from_bounds, size_key
+from zlab.core.runtimes import Bound, Estimate, extrapolate, from_bounds, size_key, spread
 from zlab.core.status import Phase, TrackPhase
 
 Endpoint = Literal["status", "result"]
@@ -59,6 +62,7 @@ class Track:
     phase: TrackPhase = "unknown"
     position: int | None = None  # as the server counts it (0- or 1-based), last read
     position_at: float | None = None  # when it was read (send time of that call)
+    inferred: bool = False  # taken as queued behind the caller's own queued jobs, never asked yet
     previous_position: tuple[float, int] | None = None  # the read before, for the position's drain rate
     last_queued: float | None = None  # send time of the last call that said queued
     seen_running: float | None = None  # arrival time of the first answer that said running
@@ -99,8 +103,11 @@ class Pacer:
     follow_first: float = 0.03  # after an early answer: 3% of the run time, growing ×1.5,
     follow_growth: float = 1.5
     follow_cap: float = 0.10  # capped at 10% of the time run so far
+    follow_spread: float = 0.5  # ... and no finer than half the run times' spread
     frontier_min: float = 0.1  # the frontier's timer, as a fraction of the run time
     frontier_max: float = 0.5
+    approach: float = 0.7  # far from the front: the next read after this fraction of the expected wait,
+    approach_max: float = 2.0  # ... but within this many run times
     max_gap_s: float = 10.0  # the longest a waiter sleeps before re-planning (not a poll)
     stale_s: float = 60.0  # a queued job behind the frontier is asked again after this long anyway
     min_gap_s: float = 0.005
@@ -121,6 +128,7 @@ class Pacer:
     zero_seen: bool = False  # a position 0 was read: positions count from 0
     min_position: int | None = None
     frontier_starts: int = 0
+    frontier_started: float | None = None  # when the last frontier was seen started
     _classes: dict[float, _SizeClass] = dataclasses.field(default_factory=dict)
     _order: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
     # Called with a track whenever an answer changed its phase (e.g. a sweep's limiter: a job seen
@@ -133,7 +141,16 @@ class Pacer:
         """Count `track` among the caller's live jobs (its waiter calls this before its first poll)."""
         if id(track) not in self.live:
             track.order = next(self._order)
+            if track.phase == "unknown" and track.sent is not None and self._behind_queued(track):
+                # The queue is first come, first served: a job just sent behind one of the caller's
+                # that waits waits too, so its first /status would only say so; it is asked when it
+                # reaches the front. (Not a job collected by id: it may have run long ago.)
+                track.phase, track.last_queued, track.inferred = "queued", track.sent, True
             self.live[id(track)] = track
+
+    def _behind_queued(self, track: Track) -> bool:
+        rank = self._rank(track)
+        return any(t.phase == "queued" and self._rank(t) < rank for t in self.live.values())
 
     def forget(self, track: Track) -> None:
         """The waiter of `track` is done (finished, timed out or cancelled)."""
@@ -173,7 +190,7 @@ class Pacer:
         key = size_key(megapixels)
         own = self._classes.get(key)
         if own is not None and own.bounds:
-            return Estimate(from_bounds(own.bounds, self.intersect_min), own.confirmed)
+            return Estimate(from_bounds(own.bounds, self.intersect_min), own.confirmed, spread(own.bounds))
         known = [(k, from_bounds(c.bounds, self.intersect_min)) for k, c in self._classes.items() if c.bounds]
         if not known:
             return None
@@ -295,7 +312,7 @@ class Pacer:
             if track.position is not None and track.position_at is not None:
                 track.previous_position = (track.position_at, track.position)
             track.position, track.position_at = position, sent
-        track.phase, track.last_queued, track.early = "queued", sent, 0
+        track.phase, track.last_queued, track.early, track.inferred = "queued", sent, 0, False
         # The queue is first come, first served: the caller's jobs behind this one were queued then too.
         rank = self._rank(track)
         for other in self.live.values():
@@ -310,6 +327,7 @@ class Pacer:
         low = track.last_queued
         if frontier:
             self.frontier_starts += 1
+            self.frontier_started = received
             if track.position is not None and track.position_at is not None:
                 ahead = max(0, track.position - self.position_base) + 1
                 self.drain_pairs.append((ahead, max(received - track.position_at, 1e-3)))
@@ -404,10 +422,17 @@ class Pacer:
         run = est.seconds
         expected = base + self.frontier_max * run
         rate = self._drain_rate(track)
-        if rate is not None and track.position is not None and track.position_at is not None:
-            ahead = max(0, track.position - self.position_base) + 1
-            expected = track.position_at + ahead / rate if rate > 0 else math.inf
-        return min(max(expected, base + self.frontier_min * run), base + self.frontier_max * run)
+        position, position_at = track.position, track.position_at
+        if track.inferred and self.frontier_started is not None:
+            # Never asked: it was next in line (of the caller's) when the one ahead was seen started.
+            position, position_at = self.position_base, max(self.frontier_started, track.sent or -math.inf)
+        if rate is not None and position is not None and position_at is not None:
+            ahead = max(0, position - self.position_base) + 1
+            expected = position_at + ahead / rate if rate > 0 else math.inf
+        # Far from the front, approach the expected start in steps (each read refines the rate);
+        # near it, ask at least every `frontier_max` of a run time.
+        far = min(self.approach * (expected - base), self.approach_max * run)
+        return min(max(expected, base + self.frontier_min * run), base + max(self.frontier_max * run, far))
 
     def _draining(self) -> Estimate | None:
         """The run time that paces the queue: the median over the caller's running jobs (whatever their
@@ -458,8 +483,11 @@ class Pacer:
                 return due
         elif not track.early:
             return due
-        gap = self.follow_first * est.seconds * self.follow_growth ** (track.early - 1)
-        gap = min(gap, self.follow_cap * max(last - started, est.seconds))
+        # Steps sized to how much run times vary: fine for a steady server (its estimate is exact),
+        # coarser for a jittery one, where fine steps would only add calls across its spread.
+        first = max(self.follow_first * est.seconds, self.follow_spread * est.spread)
+        gap = first * self.follow_growth ** (track.early - 1)
+        gap = min(gap, max(self.follow_cap * max(last - started, est.seconds), first))
         return max(due, last + max(gap, self.min_gap_s))
 
     def _due(self, started: float, run: float) -> float:

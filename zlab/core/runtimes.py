@@ -36,6 +36,7 @@ class Estimate:
 
     seconds: float
     confirmed: bool
+    spread: float = 0.0  # how far recent run times stray from it (seconds, about one standard deviation)
 
 
 def size_key(megapixels: float | None) -> float:
@@ -57,6 +58,16 @@ def from_bounds(bounds: Iterable[Bound], intersect_min: int) -> float:
             return high
         return min(max(statistics.median(b.likely for b in recent[-n:][-15:]), low), high)
     return statistics.median(b.likely for b in recent[-15:])
+
+
+def spread(bounds: Iterable[Bound]) -> float:
+    """How much recent run times vary: the median absolute deviation of their likely values, scaled
+    to a normal distribution's standard deviation (0 for a steady server)."""
+    likely = [b.likely for b in list(bounds)[-15:]]
+    if len(likely) < 3:
+        return 0.0
+    middle = statistics.median(likely)
+    return 1.4826 * statistics.median(abs(x - middle) for x in likely)
 
 
 def extrapolate(known: list[tuple[float, float]], key: float) -> float:
