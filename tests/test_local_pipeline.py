@@ -8,6 +8,7 @@ the download transport, never with timings: each wait has a deadline only to cat
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import threading
 import time
@@ -22,7 +23,13 @@ from zlab import cli
 from zlab.core.request import MODEL_ID
 from zlab.errors import ConfigError
 from zlab.server import LocalServer
-from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings, place, version_tuple
+from zlab.server.diffusers_backend import (
+    DiffusersRenderer,
+    DiffusersSettings,
+    load_renderer,
+    place,
+    version_tuple,
+)
 from zlab.server.loras import LoraFiles
 from zlab.testing import tiny_zimage as tz
 
@@ -226,3 +233,48 @@ def test_settings_read_compile_and_offload_from_the_environment():
     settings = DiffusersSettings.from_env({"ZLAB_OFFLOAD": "1", "ZLAB_COMPILE": "yes"})
     assert settings.offload and settings.compile
     assert not DiffusersSettings.from_env({"ZLAB_COMPILE": "0"}).compile
+
+
+def test_extra_devices_load_no_text_encoder_and_render_alike(tmp_path):
+    one_thread()
+    tz.tiny_pipeline().save_pretrained(tmp_path / "model")
+    settings = DiffusersSettings(model=str(tmp_path / "model"), dtype="fp32")
+    renderer = load_renderer(settings, LoraFiles(tmp_path / "cache"), targets=("cpu", "cpu"))  # two "devices"
+    try:
+        first, second = renderer.workers
+        assert first.pipe.text_encoder is not None and second.pipe.text_encoder is None  # encoded once, on the first
+        embeddings = renderer.encoder.embeddings("a red fox")
+        images = [w.compute(embeddings, [], SIZE, SIZE, seed=3) for w in renderer.workers]
+        assert np.array_equal(*images)
+    finally:
+        renderer.close()
+
+
+def test_an_attention_backend_is_used_when_asked_and_refused_with_the_reason_when_it_cannot_run(tmp_path):
+    one_thread()
+    default = DiffusersRenderer.from_pipelines([tz.tiny_pipeline()], "tiny", files=LoraFiles(tmp_path))
+    math_only = DiffusersRenderer.from_pipelines(
+        [tz.tiny_pipeline()], "tiny", DiffusersSettings(attention="_native_math"), LoraFiles(tmp_path)
+    )
+    try:
+        worker = math_only.workers[0]
+        backends = {
+            m.processor._attention_backend.value for m in worker.pipe.transformer.modules() if hasattr(m, "processor")
+        }
+        assert backends == {"_native_math"} and worker.info["attention"] == "_native_math"
+        got = [
+            r.workers[0].compute(r.encoder.embeddings("a red fox"), [], SIZE, SIZE, seed=3)
+            for r in (default, math_only)
+        ]
+        assert np.abs(got[0].astype(int) - got[1].astype(int)).max() <= 2  # the same attention, another kernel
+    finally:
+        default.close()
+        math_only.close()
+    with pytest.raises(ConfigError, match="downloads its kernel"):
+        DiffusersRenderer.from_pipelines([tz.tiny_pipeline()], "tiny", DiffusersSettings(attention="flash_hub"))
+    with pytest.raises(ConfigError, match="not one of diffusers' attention backends: .*_native_math"):
+        DiffusersRenderer.from_pipelines([tz.tiny_pipeline()], "tiny", DiffusersSettings(attention="fastest"))
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ConfigError, match="--attention flash cannot run here"):
+            DiffusersRenderer.from_pipelines([tz.tiny_pipeline()], "tiny", DiffusersSettings(attention="flash"))
+    assert DiffusersSettings.from_env({"ZLAB_ATTENTION": "sage"}).attention == "sage"

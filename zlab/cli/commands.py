@@ -191,6 +191,7 @@ def serve(args: argparse.Namespace) -> int:
             args.dtype,
             args.offload,
             compile=args.compile,
+            attention=args.attention,
         )
         _check_model(args.model)  # after the settings' own checks, before a load that takes seconds to minutes
         renderer = db.load_renderer(settings, say=lambda line: print(line, file=sys.stderr, flush=True))

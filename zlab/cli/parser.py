@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--offload", action="store_true", help="diffusers: text encoder on the CPU (fits 24 GB cards)")
     serve.add_argument("--compile", action="store_true", help="diffusers: torch.compile the transformer (slow start)")
     serve.add_argument(
+        "--attention", metavar="NAME", help="diffusers: an attention backend, e.g. flash, _flash_3, sage, xformers"
+    )
+    serve.add_argument(
         "--quirk",
         action="append",
         default=[],

@@ -45,6 +45,7 @@ from zlab.core.request import Request
 from zlab.errors import ConfigError
 from zlab.server.adapters import AdapterStore, PreparedAdapter
 from zlab.server.backend import Rendered, RenderError
+from zlab.server.lora_formats import short
 from zlab.server.loras import LoraFiles
 from zlab.server.pipeline_worker import GUIDANCE, STEPS, PipelineWorker, PromptEncoder, linear_layers
 
@@ -110,10 +111,14 @@ class DiffusersSettings:
     """How to run the model: where it is, on which devices, in which dtype, and what to keep cached.
 
     `device` is cuda, cpu or mps (default: cuda if there is one, else mps, else cpu); `devices` are GPU
-    indices, one pipeline each. `offload` keeps the transformer and VAE on the GPU and the text encoder
+    indices, one pipeline each (prompts are encoded once, on the first: the others load no text
+    encoder, about 8 GB of each GPU saved). `offload` keeps the transformer and VAE on the GPU and the text encoder
     (about 8 GB in bf16, run once per new prompt) on the CPU: Z-Image fits 24 GB cards with no weights
     crossing PCIe per image. `compile` wraps the transformer in `torch.compile` (a slow first image,
-    and a recompile whenever the set of active adapters changes). fp16 is refused (see `FP16_REFUSED`).
+    and a recompile whenever the set of active adapters changes). `attention` picks one of diffusers'
+    attention backends (`flash`, `_flash_3`, `sage`, `xformers`, `_native_cudnn`, …; default PyTorch's
+    own, `native`): one installed here, never one that downloads kernels at run time. fp16 is refused
+    (see `FP16_REFUSED`).
     """
 
     model: str = DEFAULT_MODEL
@@ -124,6 +129,7 @@ class DiffusersSettings:
     lora_cache: int = 8  # adapters kept loaded per pipeline
     prompt_cache: int = 64  # prompts whose embeddings are kept
     compile: bool = False
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -139,7 +145,8 @@ class DiffusersSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DiffusersSettings:
-        """From ZLAB_MODEL, ZLAB_DEVICE (cuda, cpu, mps, or cuda:0,1), ZLAB_DTYPE, ZLAB_OFFLOAD=1, ZLAB_COMPILE=1."""
+        """From ZLAB_MODEL, ZLAB_DEVICE (cuda, cpu, mps, or cuda:0,1), ZLAB_DTYPE, ZLAB_OFFLOAD=1, ZLAB_COMPILE=1,
+        ZLAB_ATTENTION."""
         device, _, indices = (env.get("ZLAB_DEVICE") or "").partition(":")
         return cls(
             model=env.get("ZLAB_MODEL") or DEFAULT_MODEL,
@@ -148,6 +155,7 @@ class DiffusersSettings:
             dtype=env.get("ZLAB_DTYPE") or "bf16",
             offload=_flag(env.get("ZLAB_OFFLOAD")),
             compile=_flag(env.get("ZLAB_COMPILE")),
+            attention=env.get("ZLAB_ATTENTION") or None,
         )
 
     def targets(self, cuda_count: int, mps: bool) -> tuple[str, ...]:
@@ -258,6 +266,10 @@ class DiffusersRenderer:
 
         store = AdapterStore(files or LoraFiles(), read, linear_layers(first.transformer), keep=settings.lora_cache)
         info = versions(model, first)
+        if settings.attention:
+            for pipe in pipelines:
+                use_attention(pipe, settings.attention)
+            info["attention"] = settings.attention
         workers = [PipelineWorker(p, str(p._execution_device), info, store, settings.lora_cache) for p in pipelines]
         devices = ",".join(w.device for w in workers)
         return cls(workers, PromptEncoder(first, settings.prompt_cache), store, {**info, "devices": devices})
@@ -385,17 +397,39 @@ def place(pipe: ZImagePipeline, target: str, offload: bool) -> None:
     if offload and target != "cpu":
         pipe.transformer.to(target)
         pipe.vae.to(target)
-        pipe.text_encoder.to("cpu")
+        if pipe.text_encoder is not None:
+            pipe.text_encoder.to("cpu")
     else:
         pipe.to(target)
 
 
+def use_attention(pipe: ZImagePipeline, name: str) -> None:
+    """Run the transformer's attention on diffusers' backend `name`, or say why it cannot be used here."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    offline = sorted(b.value for b in AttentionBackendName if not b.value.endswith("_hub"))
+    if name.endswith("_hub"):
+        raise ConfigError(f"--attention {name} downloads its kernel at run time; pick an installed one: {offline}")
+    if name not in offline:
+        raise ConfigError(f"--attention {name!r} is not one of diffusers' attention backends: {', '.join(offline)}")
+    try:
+        pipe.transformer.set_attention_backend(name)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"--attention {name} cannot run here ({short(str(exc))}); leave it out for PyTorch's own attention"
+        ) from exc
+
+
 def load_renderer(
-    settings: DiffusersSettings, files: LoraFiles | None = None, say: Callable[[str], None] | None = None
+    settings: DiffusersSettings,
+    files: LoraFiles | None = None,
+    say: Callable[[str], None] | None = None,
+    targets: Sequence[str] | None = None,
 ) -> DiffusersRenderer:
     """Load Z-Image Turbo once per device (a local folder or a Hugging Face id) and wrap it in a renderer.
 
-    `say` hears one line before the (long) load starts, e.g. `print` to stderr.
+    `say` hears one line before the (long) load starts, e.g. `print` to stderr. `targets` are the torch
+    devices to load on (default: from `settings` and what this machine has).
     """
     problem = missing_local_extra()
     if problem:
@@ -404,17 +438,19 @@ def load_renderer(
     from diffusers import ZImagePipeline
 
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    targets = settings.targets(torch.cuda.device_count(), mps)
+    targets = tuple(targets or settings.targets(torch.cuda.device_count(), mps))
     dtype = getattr(torch, DTYPES[settings.dtype])
     model = str(Path(settings.model).expanduser()) if Path(settings.model).expanduser().exists() else settings.model
     if say is not None:
         say(f"zlab: loading {settings.model} ({settings.dtype}) on {', '.join(targets)}; this takes a while")
     pipelines = []
     for target in targets:
+        # Prompts are encoded once, by the first pipeline's text encoder: the others load none.
+        shared = {"text_encoder": None, "tokenizer": None} if pipelines else {}
         try:
             with warnings.catch_warnings():  # some diffusers versions call it `dtype` and warn about this name
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-                pipe = ZImagePipeline.from_pretrained(model, torch_dtype=dtype)
+                pipe = ZImagePipeline.from_pretrained(model, torch_dtype=dtype, **shared)
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"cannot load Z-Image Turbo from {settings.model!r} ({str(exc).splitlines()[0]}); pass --model with "
