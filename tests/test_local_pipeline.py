@@ -272,7 +272,7 @@ def test_an_attention_backend_is_used_when_asked_and_refused_with_the_reason_whe
         math_only.close()
     with pytest.raises(ConfigError, match="downloads its kernel"):
         DiffusersRenderer.from_pipelines([tz.tiny_pipeline()], "tiny", DiffusersSettings(attention="flash_hub"))
-    with pytest.raises(ConfigError, match="not one of diffusers' attention backends: .*_native_math"):
+    with pytest.raises(ConfigError, match=r"not one of diffusers' attention backends: .*_native_math"):
         DiffusersRenderer.from_pipelines([tz.tiny_pipeline()], "tiny", DiffusersSettings(attention="fastest"))
     if importlib.util.find_spec("flash_attn") is None:
         with pytest.raises(ConfigError, match="--attention flash cannot run here"):
