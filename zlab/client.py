@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,13 +139,7 @@ class AsyncClient:
         """Send one job; returns its handle as soon as the service accepts it (never resent blindly)."""
         model = self._model_for(request, model)
         track = jobs.new_track(request)
-
-        def sending() -> None:
-            track.sent = time.monotonic()
-
-        payload = request.to_input() if isinstance(request, Request) else dict(request)
-        request_id = await jobs.send(self.api, model, payload, on_send=sending)
-        track.submitted = time.monotonic()
+        request_id = await jobs.submit(self.api, model, request, track)
         return Job(request_id, request, model, self.endpoint, track)
 
     def _model_for(self, request: Request | dict[str, Any], model: str | None) -> str:

@@ -337,6 +337,29 @@ def new_track(request: Request | dict[str, Any] | None) -> Track:
     return Track(time.monotonic(), megapixels=megapixels)
 
 
+async def submit(
+    api: API, model: str, request: Request | dict[str, Any], track: Track, hooks: Hooks | None = None
+) -> str:
+    """Send `request` once, dating it on `track` (`sent` as the body leaves, `submitted` when the id is
+    known): the one submit that `run_job` and `AsyncClient.submit` share. Returns the request id."""
+    hooks = hooks or Hooks()
+    payload = request.to_input() if isinstance(request, Request) else dict(request)
+
+    def sending() -> None:
+        track.sent = time.monotonic()
+        if hooks.on_send is not None:
+            hooks.on_send()
+
+    def accepted(new_id: str) -> None:
+        track.submitted = time.monotonic()
+        if hooks.on_accepted is not None:
+            hooks.on_accepted(new_id)
+
+    return await send(
+        api, model, payload, on_send=sending, on_accepted=accepted, on_unsent=hooks.on_unsent, inflight=hooks.inflight
+    )
+
+
 async def run_job(
     endpoint: Endpoint,
     model: str,
@@ -360,22 +383,7 @@ async def run_job(
     track = track or new_track(request)
     start = time.monotonic()  # a job sent earlier: its deadline counts from now
     if request_id is None:
-        payload = request.to_input() if isinstance(request, Request) else dict(request)
-
-        def sending() -> None:
-            track.sent = time.monotonic()
-            if hooks.on_send is not None:
-                hooks.on_send()
-
-        def accepted(new_id: str) -> None:
-            track.submitted = time.monotonic()
-            if hooks.on_accepted is not None:
-                hooks.on_accepted(new_id)
-
-        request_id = await send(
-            endpoint.api, model, payload, on_send=sending, on_accepted=accepted, on_unsent=hooks.on_unsent,
-            inflight=hooks.inflight,
-        )  # fmt: skip
+        request_id = await submit(endpoint.api, model, request, track, hooks)
         start = track.submitted  # a job sent here: its deadline counts from its submit
     if hooks.on_follow is not None:
         hooks.on_follow(track)

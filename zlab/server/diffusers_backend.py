@@ -443,7 +443,7 @@ def load_renderer(
     model = str(Path(settings.model).expanduser()) if Path(settings.model).expanduser().exists() else settings.model
     if say is not None:
         say(f"zlab: loading {settings.model} ({settings.dtype}) on {', '.join(targets)}; this takes a while")
-    pipelines = []
+    pipelines: list[ZImagePipeline] = []
     for target in targets:
         # Prompts are encoded once, by the first pipeline's text encoder: the others load none.
         shared = {"text_encoder": None, "tokenizer": None} if pipelines else {}
