@@ -134,7 +134,8 @@ def test_a_job_sent_behind_a_queued_one_is_not_asked_until_it_reaches_the_front(
     later = Track(2.1, sent=2.09)  # sent after `first` was seen waiting: first come, first served
     pacer.register(later)
     assert later.phase == "queued" and later.polls == 0
-    assert pacer.plan(later, 2.1).at >= 2.1 + pacer.stale_s  # not asked while `first` is the front
+    assert pacer.plan(later, 2.1).at >= 2.1 + pacer.stale_s  # not asked while `first` is the front...
+    assert pacer.plan(later, 50.0) == pacer.plan(later, 2.1)  # ...but asked once it has waited that long anyway
     assert pacer.saw(first, 2.5, 2.501, "running")  # the front moved: everyone re-plans
     assert pacer.frontier() is later and pacer.plan(later, 2.502).endpoint == "status"
 

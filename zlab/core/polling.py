@@ -403,7 +403,7 @@ class Pacer:
         est = self.estimate(track.megapixels)
         if track.phase == "queued":
             if self.frontier() is not track:
-                last = track.last_poll if track.last_poll is not None else now
+                last = track.last_poll if track.last_poll is not None else track.submitted
                 return Poll(max(now, last + self.stale_s), "status")
             return Poll(max(now, self._frontier_at(track, self._draining())), "status")
         return Poll(max(now, self._running_at(track, est)), "result")
