@@ -47,7 +47,8 @@ def test_other_concurrencies_are_refused(bad):
         ("auto", 256, 250, 0, False),  # never past the ceiling
         (8, 7, 0, 0, True),  # a number is a hard cap on cells in flight, whatever runs
         (8, 8, 8, 0, False),
-        (8, 8, 0, 8, False),
+        (8, 8, 0, 8, True),  # ... on jobs at the service: finished ones being downloaded hold no place
+        (8, 16, 0, 8, False),
     ],
 )
 def test_may_send(policy, held, running, collecting, allowed):

@@ -18,7 +18,9 @@ are sent. Jobs whose result is being collected no longer hold a place at the ser
 jobs ahead in the queue only delay the caller's queued ones; they are never counted. The headroom
 covers a whole wave finishing at once (the same run time on every slot).
 
-An explicit number is a hard cap on cells between submit and collected, as before.
+An explicit number is a hard cap on jobs at the service: sent and not yet seen finished there. A
+finished job's download does not hold its place, so at N = the service's capacity a freed slot
+waits only for the finish to be noticed, not for the image to arrive.
 
 >>> policy = parse_concurrency("auto")
 >>> may_send(policy, InFlight(held=16, running=6, collecting=0))  # 10 queued: the headroom is 6
@@ -88,7 +90,7 @@ def may_send(policy: Concurrency, now: InFlight) -> bool:
     just now, and with jobs that finish almost at once (a fast or idle service) nothing is ever seen
     running, so without them the headroom would stay at its minimum and the service wait for us."""
     if policy != "auto":
-        return now.held < policy
+        return now.held - now.collecting < policy
     return now.held < MAX_IN_FLIGHT and now.waiting < headroom(now.running + now.collecting)
 
 
