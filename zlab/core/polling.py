@@ -16,11 +16,13 @@ start) sends one "scout" job probing early, so faster warm runs are noticed afte
 
 Queued jobs: only the frontier is asked. A job sent while one of the caller's own jobs still waits
 is taken as queued (the queue is first come, first served) and not asked until it reaches the
-front; any other new job gets one /status. After that, only the caller's first queued job is asked
-again: once per detected finish of the caller's (a slot it may take), on a timer from how fast its
-position drains (0.1–0.5 of the run time near the front; far back, after 70% of the expected wait,
-at most two run times), and at once after it started with no finish of the caller's to explain it
-(other users' jobs ended, or the server grew), because then the next one may have started too.
+front, where it is asked at once unless a finish of the caller's is about to start it (so a service
+that grew is noticed within a round trip); any other new job gets one /status. After that, only the
+caller's first queued job is asked again: once per detected finish of the caller's (a slot it may
+take), on a timer from how fast its position drains (0.1–0.5 of the run time near the front; far
+back, after 70% of the expected wait, at most two run times), and at once after it started with no
+finish of the caller's to explain it (other users' jobs ended, or the server grew), because then the
+next one may have started too.
 
 Running jobs: one /result just after start + run time; an early answer is followed up after 3% of
 the run time (or half the spread of recent run times, if larger: fine steps only add calls across
@@ -411,6 +413,8 @@ class Pacer:
     def _frontier_at(self, track: Track, est: Estimate | None) -> float:
         if self.cascade:
             return -math.inf  # it started with nothing of ours to explain it: the next may have too
+        if track.inferred and not self.kicks:
+            return -math.inf  # never asked, and no finish of ours explains a start: has the service grown?
         if self.kicks:
             # A slot freed. Asking is not urgent (the server starts the job by itself, and the freed
             # moment dates its start): let the burst of /result calls that finishes bring go first.
