@@ -17,6 +17,7 @@ from zlab.core.concurrency import MIN_QUEUED, InFlight, Limiter, headroom, may_s
 from zlab.core.request import LoRA, Request
 from zlab.runs.sweep import Sweep
 from zlab.server import LocalServer
+from zlab.server.faults import Faults
 from zlab.testing.queuesim import Scenario, ideal, simulate
 
 
@@ -232,3 +233,15 @@ def test_the_command_runs_auto_by_default_and_takes_a_cap(tmp_path, monkeypatch,
             cli.main(["run", str(spec), "--out", str(tmp_path / "c"), "--concurrency", "0"])
         assert refused.value.code == 2 and "auto or an integer" in capsys.readouterr().err
         assert srv.stats.calls.get("submit", 0) == 0
+
+
+def test_a_cap_counts_jobs_at_the_service_not_downloads(tmp_path):
+    base = Request("t3chnic4lly a fox", width=256, height=256, seed=1)
+    sweep = Sweep(base, axes={"seed": [1, 2]})
+    delay = 3.0  # each output file answers this late: far longer than noticing a finish and submitting
+    with LocalServer(latency=0.05, faults=Faults(file_delay=delay)) as srv, Client(base_url=srv.base_url) as client:
+        result = client.run(sweep, tmp_path / "run", concurrency=1, progress=False, cache=False, echo=lambda _: None)
+        first, second = sorted(srv.stats.jobs.values(), key=lambda job: job.created_at)
+    assert result.ok and first.finished_at is not None
+    # At concurrency 1 the second job was sent while the first one's image was still on its way.
+    assert second.created_at < first.finished_at + delay
