@@ -20,7 +20,7 @@ front, where it is asked at once unless a finish of the caller's is about to sta
 that grew is noticed within a round trip); any other new job gets one /status. After that, only the
 caller's first queued job is asked again: once per detected finish of the caller's (a slot it may
 take), on a timer from how fast its position drains (0.1–0.5 of the run time near the front; far
-back, after 70% of the expected wait, at most two run times), and at once after it started with no
+back, after 70% of the expected wait, at most one run time), and at once after it started with no
 finish of the caller's to explain it (other users' jobs ended, or the server grew), because then the
 next one may have started too.
 
@@ -109,7 +109,7 @@ class Pacer:
     frontier_min: float = 0.1  # the frontier's timer, as a fraction of the run time
     frontier_max: float = 0.5
     approach: float = 0.7  # far from the front: the next read after this fraction of the expected wait,
-    approach_max: float = 2.0  # ... but within this many run times
+    approach_max: float = 1.0  # ... but within a run time (a later read widens a start's window: tail lag)
     max_gap_s: float = 10.0  # the longest a waiter sleeps before re-planning (not a poll)
     stale_s: float = 60.0  # a queued job behind the frontier is asked again after this long anyway
     min_gap_s: float = 0.005
