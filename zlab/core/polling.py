@@ -130,7 +130,6 @@ class Pacer:
     zero_seen: bool = False  # a position 0 was read: positions count from 0
     min_position: int | None = None
     frontier_starts: int = 0
-    frontier_started: float | None = None  # when the last frontier was seen started
     _classes: dict[float, _SizeClass] = dataclasses.field(default_factory=dict)
     _order: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
     # Called with a track whenever an answer changed its phase (e.g. a sweep's limiter: a job seen
@@ -329,7 +328,6 @@ class Pacer:
         low = track.last_queued
         if frontier:
             self.frontier_starts += 1
-            self.frontier_started = received
             if track.position is not None and track.position_at is not None:
                 ahead = max(0, track.position - self.position_base) + 1
                 self.drain_pairs.append((ahead, max(received - track.position_at, 1e-3)))
@@ -426,13 +424,9 @@ class Pacer:
         run = est.seconds
         expected = base + self.frontier_max * run
         rate = self._drain_rate(track)
-        position, position_at = track.position, track.position_at
-        if track.inferred and self.frontier_started is not None:
-            # Never asked: it was next in line (of the caller's) when the one ahead was seen started.
-            position, position_at = self.position_base, max(self.frontier_started, track.sent or -math.inf)
-        if rate is not None and position is not None and position_at is not None:
-            ahead = max(0, position - self.position_base) + 1
-            expected = position_at + ahead / rate if rate > 0 else math.inf
+        if rate is not None and track.position is not None and track.position_at is not None:
+            ahead = max(0, track.position - self.position_base) + 1
+            expected = track.position_at + ahead / rate if rate > 0 else math.inf
         # Far from the front, approach the expected start in steps (each read refines the rate);
         # near it, ask at least every `frontier_max` of a run time.
         far = min(self.approach * (expected - base), self.approach_max * run)
