@@ -51,17 +51,31 @@ def test_sheet_command_draws_from_a_run_directory(server, tmp_path):
     assert (tmp_path / "s.png").is_file() and list(tmp_path.glob("*.html"))
 
 
-def test_ctrl_c_in_a_notebook_cancels_queued_jobs_and_keeps_the_run_resumable(tmp_path):
+@pytest.fixture
+def interrupt_when():
+    """`interrupt_when(ready)`: Ctrl-C this process, as Jupyter's interrupt button does, once `ready()` holds.
+
+    Python's own Ctrl-C handler is installed for the test, as in a kernel: a process started in the
+    background by a non-interactive shell (`nohup … &`) inherits SIGINT ignored, and would never see it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def arm(ready):
+        def wait_then_interrupt():
+            while not ready():
+                threading.Event().wait(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=wait_then_interrupt, daemon=True).start()
+
+    yield arm
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_in_a_notebook_cancels_queued_jobs_and_keeps_the_run_resumable(tmp_path, interrupt_when):
     """KeyboardInterrupt while the sync facade waits: queued jobs are cancelled, the rest recorded."""
     sweep = Sweep(Request("fox", loras=[LoRA("a/b", 1)], width=256, height=256), axes={"seed": list(range(6))})
     with LocalServer(latency=2.0, capacity=2) as srv, Client(base_url=srv.base_url) as client:
-
-        def interrupt_when_all_submitted():
-            while len(srv.stats.submissions) < 6:
-                threading.Event().wait(0.01)
-            os.kill(os.getpid(), signal.SIGINT)  # what Jupyter's interrupt button does
-
-        threading.Thread(target=interrupt_when_all_submitted, daemon=True).start()
+        interrupt_when(lambda: len(srv.stats.submissions) == 6)
         with pytest.raises(KeyboardInterrupt):
             client.run(sweep, tmp_path / "run", concurrency=6, progress=False, cache=False)
         df = pd.read_parquet(tmp_path / "run" / "results.parquet")
@@ -71,19 +85,13 @@ def test_ctrl_c_in_a_notebook_cancels_queued_jobs_and_keeps_the_run_resumable(tm
     assert again.ok and len(srv.stats.submissions) == 6 + 4
 
 
-def test_the_notebook_path_ends_an_interrupted_run_with_its_result(tmp_path, capsys):
+def test_the_notebook_path_ends_an_interrupted_run_with_its_result(tmp_path, capsys, interrupt_when):
     """What `Client.run` does in a kernel: Ctrl-C gives back the interrupted run (one summary), no traceback."""
     from zlab.api import loop as _loop
 
     sweep = Sweep(Request("fox", loras=[LoRA("a/b", 1)], width=256, height=256), axes={"seed": list(range(6))})
     with LocalServer(latency=2.0, capacity=2) as srv, Client(base_url=srv.base_url) as client:
-
-        def interrupt_when_all_submitted():
-            while len(srv.stats.submissions) < 6:
-                threading.Event().wait(0.01)
-            os.kill(os.getpid(), signal.SIGINT)
-
-        threading.Thread(target=interrupt_when_all_submitted, daemon=True).start()
+        interrupt_when(lambda: len(srv.stats.submissions) == 6)
         coro = client.aclient.run(sweep, tmp_path / "run", concurrency=6, progress=False, cache=False,
                                   on_interrupt="return")  # fmt: skip
         result = _loop.run_sync(coro, result_on_interrupt=True)
