@@ -11,6 +11,8 @@ from zlab.core.axes import path_labels
 from zlab.core.request import LoRA, Request
 from zlab.errors import ValidationError
 from zlab.runs.sweep import Sweep
+from zlab.sheet.cells import assign, ordered_values
+from zlab.sheet.layout import axis_label
 
 BASE = Request("TRIGGER a fox in SEASON", loras=[LoRA("me/style-e10.safetensors", 1.0)], width=256, height=256)
 
@@ -113,3 +115,16 @@ def test_a_run_has_the_baseline_and_label_columns_and_scale_zero_matches_the_bas
     zero = np.asarray(Image.open(tmp_path / "a" / df["image_path"].iloc[0]))
     none = np.asarray(Image.open(tmp_path / "b" / df2["image_path"].iloc[2]))
     assert np.array_equal(zero, none)  # the scale-0 cell is the same image as the no-LoRA one
+
+
+def test_the_no_lora_baseline_comes_first_on_a_lora_axis_and_says_so(server, tmp_path):
+    sweep = Sweep(BASE, {"lora1_scale": [1.0, 0.5], "seed": [1, 2]}, baseline=True)
+    with Client(base_url=server.base_url) as client:
+        df = client.run(sweep, tmp_path / "run", progress=False).df
+    grid = assign(df, x="lora1_scale", y="seed")
+    assert grid.x.labels == ("no LoRA", "lora1_scale 0.5", "lora1_scale 1")
+    first = grid.placed[grid.placed["sheet_col"] == 0]
+    assert first["baseline"].all() and sorted(first["seed"]) == [1, 2]
+    assert assign(df, x="seed", y="lora1_scale").y.labels[0] == "no LoRA"  # down the side too
+    # Elsewhere a missing value is still last, and still reads as missing.
+    assert ordered_values([None, 2, 1]) == (1, 2, None) and axis_label("steps", None) == "steps none"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -51,6 +52,11 @@ AXIS_PREFERENCE = (
 def is_bookkeeping(column: str) -> bool:
     """True for columns that describe how a cell ran rather than what it generated."""
     return column in BOOKKEEPING or column.endswith(("_at", "_s")) or column.startswith(("sheet_", "backend_"))
+
+
+def is_lora_column(column: str | None) -> bool:
+    """True for a LoRA slot's columns (`lora1_scale`, `lora2_path`, `lora1_label`): missing there means no LoRA."""
+    return column is not None and re.fullmatch(r"lora\d+_(scale|path|label)", column) is not None
 
 
 def parameter_columns(df: pd.DataFrame, exclude: Iterable[str | None] = ()) -> list[str]:

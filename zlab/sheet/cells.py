@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from zlab.core.table import norm_value, parameter_columns
+from zlab.core.table import is_lora_column, norm_value, parameter_columns
 from zlab.errors import ValidationError
 from zlab.sheet.layout import axis_label, format_value
 
@@ -47,13 +47,15 @@ def sort_key(value: Any) -> tuple[int, Any]:
     return (0, value) if _is_number(value) else (1, str(value))
 
 
-def ordered_values(values: Iterable[Any]) -> tuple[Any, ...]:
-    """Distinct values for an axis: sorted when all numeric, else in order of first appearance; None last."""
+def ordered_values(values: Iterable[Any], missing_first: bool = False) -> tuple[Any, ...]:
+    """Distinct values for an axis: sorted when all numeric, else in order of first appearance; None last
+    (or first: on a LoRA axis it is the no-LoRA baseline, the reference the rest is read against)."""
     seen = list(dict.fromkeys(values))
     present = [v for v in seen if v is not None]
     if present and all(_is_number(v) for v in present):
         present.sort()
-    return tuple(present) + ((None,) if None in seen else ())
+    missing = (None,) if None in seen else ()
+    return missing + tuple(present) if missing_first else tuple(present) + missing
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,10 @@ def assign(
     df = _prefer(df.reset_index(drop=True)).reset_index(drop=True)
 
     norms = {c: [norm_value(v) for v in df[c]] for c in named}
-    built = {name: Axis(col, ordered_values(norms[col])) if col else Axis(None) for name, col in axes.items()}
+    built = {
+        name: Axis(col, ordered_values(norms[col], missing_first=is_lora_column(col))) if col else Axis(None)
+        for name, col in axes.items()
+    }
     index = {name: {v: i for i, v in enumerate(ax.values)} for name, ax in built.items()}
     coords = [
         tuple(index[name][norms[col][i]] if col else 0 for name, col in (("page", page), ("y", y), ("x", x)))

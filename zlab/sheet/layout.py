@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from zlab.core.table import is_lora_column
+
 Measure = Callable[[str, int], float]
 """Width in pixels of `text` drawn at font size `size`."""
 
@@ -61,7 +63,9 @@ def format_value(value: Any) -> str:
 
 
 def axis_label(column: str, value: Any) -> str:
-    """The header text for one axis value, e.g. ``lora1_scale 0.5``."""
+    """The header text for one axis value, e.g. ``lora1_scale 0.5``; ``no LoRA`` where a LoRA axis has none."""
+    if value is None and is_lora_column(column):
+        return "no LoRA"
     return f"{column} {format_value(value)}"
 
 
