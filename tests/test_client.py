@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 import httpx
@@ -271,3 +272,18 @@ def test_settings_come_from_argument_then_environment():
     assert resolve_settings(env={}).local and resolve_settings(env={**env, "ZLAB_BASE_URL": "local"}).local
     with pytest.raises(errors.ConfigError, match="http"):
         resolve_settings(env={"RUNCOMFY_TOKEN": "a", "ZLAB_BASE_URL": "ftp://x"})
+
+
+def test_every_client_verifies_tls_through_one_shared_context():
+    """Reading the CA bundle costs ~40 ms per HTTP client; every client of a process shares one context,
+    and it verifies certificates and host names (a shortcut here would be a hole, not a speed-up)."""
+    from zlab.api.http import tls
+
+    first, second = AsyncClient(base_url="http://127.0.0.1:9"), AsyncClient(base_url="http://127.0.0.1:9")
+    contexts = [
+        transport._pool._ssl_context
+        for client in (first, second)
+        for transport in (client.api._http._transport.inner, client.downloads._http._transport)
+    ]
+    assert all(context is tls() for context in contexts)
+    assert tls().verify_mode == ssl.CERT_REQUIRED and tls().check_hostname

@@ -23,6 +23,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import httpx
 from PIL import Image
 
+from zlab.api.http import tls
 from zlab.core.retry import RetryPolicy, backoff_s
 from zlab.errors import DownloadError
 
@@ -65,7 +66,7 @@ class Downloader:
         self.retry, self.max_bytes, self.deadline_s = retry, max_bytes, deadline_s
         self.files = 0  # files fetched (for benchmarks)
         self._http = httpx.AsyncClient(
-            transport=transport, timeout=_TIMEOUT, follow_redirects=True, max_redirects=MAX_REDIRECTS
+            transport=transport, verify=tls(), timeout=_TIMEOUT, follow_redirects=True, max_redirects=MAX_REDIRECTS
         )
 
     async def aclose(self) -> None:

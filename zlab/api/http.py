@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +30,13 @@ from zlab.core.retry import SUBMIT_SAFE, Fault, RetryPolicy, backoff_s, should_r
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=60.0)
 PRICE_TIMEOUT_S = 10.0
 ON_SEND = "zlab.on_send"  # a request extension: called by the gate right before the request leaves
+
+
+@functools.cache
+def tls() -> ssl.SSLContext:
+    """The TLS context every client of this process shares: reading the CA bundle costs ~40 ms each time,
+    and every `AsyncClient` has two HTTP clients (the API's and the downloads')."""
+    return httpx.create_ssl_context()
 
 
 class _Pause:
@@ -91,7 +100,8 @@ class API:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         # No auth on the client itself: the header is added per call. Redirects are not followed: an
         # API answer that redirects elsewhere must not carry the token there.
-        gate = _Gate(transport or httpx.AsyncHTTPTransport(limits=limits), self._pause, retry.max_retry_after_s)
+        inner = transport or httpx.AsyncHTTPTransport(verify=tls(), limits=limits)
+        gate = _Gate(inner, self._pause, retry.max_retry_after_s)
         self._http = httpx.AsyncClient(transport=gate, timeout=timeout, follow_redirects=False)
 
     def __repr__(self) -> str:
