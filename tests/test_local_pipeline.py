@@ -278,3 +278,39 @@ def test_an_attention_backend_is_used_when_asked_and_refused_with_the_reason_whe
         with pytest.raises(ConfigError, match="--attention flash cannot run here"):
             DiffusersRenderer.from_pipelines([tz.tiny_pipeline()], "tiny", DiffusersSettings(attention="flash"))
     assert DiffusersSettings.from_env({"ZLAB_ATTENTION": "sage"}).attention == "sage"
+
+
+@pytest.mark.slow
+def test_with_compile_a_scale_sweep_compiles_once_and_renders_as_without(tmp_path, monkeypatch):
+    """`--compile` (torch.compile of the transformer) through the same load path, with dynamo's counting backend
+    in place of inductor (no C compiler, no minutes of compiling): a new scale is not a new graph, beyond the one
+    recompile when the scale first changes, and the images are the eager ones."""
+    import functools
+
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    one_thread()
+    counter = CompileCounter()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
+    tz.tiny_pipeline().save_pretrained(tmp_path / "model")
+    model = str(tmp_path / "model")
+    lora = tz.save_lora(tz.random_lora(tz.tiny_pipeline(), seed=1), tmp_path / "style.safetensors")
+    compiled = load_renderer(DiffusersSettings(model=model, dtype="fp32", compile=True), LoraFiles(tmp_path / "a"))
+    eager = load_renderer(DiffusersSettings(model=model, dtype="fp32"), LoraFiles(tmp_path / "b"))
+    try:
+
+        def render(renderer: DiffusersRenderer, scale: float) -> np.ndarray:
+            worker, embeddings = renderer.workers[0], renderer.encoder.embeddings("a red fox")
+            return worker.compute(embeddings, [(renderer.store.prepare(str(lora)), scale)], SIZE, SIZE, seed=3)
+
+        first = render(compiled, 0.25)
+        assert counter.frame_count > 0  # compiled indeed
+        after_first = counter.frame_count
+        images = {scale: render(compiled, scale) for scale in (0.5, 0.75, 1.0, 1.5, 0.5)}
+        assert counter.frame_count <= after_first + 1
+        assert np.array_equal(first, render(eager, 0.25)) and np.array_equal(images[1.5], render(eager, 1.5))
+        assert not np.array_equal(images[0.5], images[1.5])  # the scale still acts
+    finally:
+        compiled.close()
+        eager.close()

@@ -115,7 +115,8 @@ class DiffusersSettings:
     encoder, about 8 GB of each GPU saved). `offload` keeps the transformer and VAE on the GPU and the text encoder
     (about 8 GB in bf16, run once per new prompt) on the CPU: Z-Image fits 24 GB cards with no weights
     crossing PCIe per image. `compile` wraps the transformer in `torch.compile` (a slow first image,
-    and a recompile whenever the set of active adapters changes). `attention` picks one of diffusers'
+    one recompile when the scale first changes, none for later scales, and one whenever the set of active
+    adapters changes). `attention` picks one of diffusers'
     attention backends (`flash`, `_flash_3`, `sage`, `xformers`, `_native_cudnn`, …; default PyTorch's
     own, `native`): one installed here, never one that downloads kernels at run time. fp16 is refused
     (see `FP16_REFUSED`).
@@ -457,7 +458,7 @@ def load_renderer(
                 f"a folder holding the diffusers layout, or a Hugging Face id such as {DEFAULT_MODEL}"
             ) from exc
         place(pipe, target, settings.offload)
-        if settings.compile:  # CUDA-minded and untested here (no GPU in zlab's CI): the first image is slow
+        if settings.compile:  # recompiles counted in the tests (dynamo on the CPU); inductor's speed-up is a GPU's
             pipe.transformer.compile()
         pipelines.append(pipe)
     return DiffusersRenderer.from_pipelines(pipelines, settings.model, settings, files)
