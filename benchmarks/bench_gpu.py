@@ -1,6 +1,8 @@
 """The local diffusers backend on real GPUs, with a full-size Z-Image Turbo of random weights (nothing downloaded).
 
     python benchmarks/bench_gpu.py [--images 24] [--size 1024x1536] [--repeats 3] [--gpus 0,1,...]
+    python benchmarks/bench_gpu.py --tiny     # the same script on the CPU with the tiny model: a check
+                                              # before spending GPU time (its numbers mean nothing)
 
 The model is built from Z-Image Turbo's published configs (the transformer's 6.15 B parameters, the
 Qwen3-4B text encoder, the 16-channel VAE, the flow-matching scheduler with shift 3) in bf16 on each
@@ -32,7 +34,7 @@ from bench_local import PROMPT, Figures, cells, compare, median_round, table, ve
 from zlab.server import LocalServer
 from zlab.server.diffusers_backend import DiffusersRenderer, DiffusersSettings
 from zlab.server.loras import LoraFiles
-from zlab.testing.tiny_zimage import random_lora, save_lora, tiny_tokenizer
+from zlab.testing.tiny_zimage import random_lora, save_lora, tiny_pipeline, tiny_tokenizer
 
 TRANSFORMER = {  # Tongyi-MAI/Z-Image-Turbo transformer/config.json
     "all_patch_size": (2,),
@@ -171,26 +173,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of each contender (default 3)")
     parser.add_argument("--gpus", default="", help="GPU indices (default: all)")
     parser.add_argument("--no-contenders", action="store_true", help="only the per-GPU scaling")
+    parser.add_argument(
+        "--tiny", action="store_true", help="check the script on the CPU: the tiny model on two CPU 'GPUs'"
+    )
     args = parser.parse_args(argv)
 
     import diffusers
     import torch
 
-    if not torch.cuda.is_available():
+    if args.tiny:
+        gpus, names, model, build = [0, 1], {"CPU (tiny model)"}, "tiny random Z-Image", lambda _: tiny_pipeline()
+    elif torch.cuda.is_available():
+        gpus = [int(i) for i in args.gpus.split(",") if i.strip()] or list(range(torch.cuda.device_count()))
+        names = {torch.cuda.get_device_name(i) for i in gpus}
+        model, build = "full-size random-weight Z-Image Turbo, bf16", lambda i: full_size_pipeline(f"cuda:{i}")
+    else:
         print("bench_gpu.py needs a CUDA GPU (torch sees none); bench_local.py runs on the CPU", file=sys.stderr)
         return 2
-    gpus = [int(i) for i in args.gpus.split(",") if i.strip()] or list(range(torch.cuda.device_count()))
     width, height = (int(n) for n in args.size.lower().split("x"))
-    names = {torch.cuda.get_device_name(i) for i in gpus}
     print(
         f"{len(gpus)} × {', '.join(sorted(names))}; torch {torch.__version__}, diffusers {diffusers.__version__}; "
-        f"full-size random-weight Z-Image Turbo, bf16, 8 steps"
+        f"{model}, 8 steps"
     )
     started = time.perf_counter()
-    pipes = [full_size_pipeline(f"cuda:{i}") for i in gpus]
+    pipes = [build(i) for i in gpus]
     print(f"built {len(pipes)} pipeline(s) in {time.perf_counter() - started:.0f} s")
     with tempfile.TemporaryDirectory(prefix="zlab-bench-gpu-") as tmp:
-        lora = save_lora(random_lora(pipes[0], seed=1, rank=32, strength=0.02), Path(tmp) / "style.safetensors")
+        rank, strength = (4, 0.5) if args.tiny else (32, 0.02)
+        lora = save_lora(random_lora(pipes[0], seed=1, rank=rank, strength=strength), Path(tmp) / "style.safetensors")
         if not args.no_contenders:
             renderer = DiffusersRenderer.from_pipelines(pipes[:1], "random-weight Z-Image Turbo", DiffusersSettings())
             with LocalServer(renderer=renderer) as server:

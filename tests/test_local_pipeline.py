@@ -314,3 +314,23 @@ def test_with_compile_a_scale_sweep_compiles_once_and_renders_as_without(tmp_pat
     finally:
         compiled.close()
         eager.close()
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_the_tiny_model():
+    """`bench_gpu.py --tiny`: the GPU benchmark's whole path (the four contenders, the per-GPU scaling over two
+    pipelines) on the CPU, so the script is known to run before anyone spends GPU time on it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_gpu.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--images", "2", "--repeats", "1", "--size", "256x320"],
+        capture_output=True, text=True, timeout=300, cwd=script.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows if "loop" in r or "zlab" in r] == ["| naive loop (load/unload per image)",
+        "| sensible loop (LoRA loaded once)", "| zlab backend", "| zlab run's client over HTTP"]  # fmt: skip
+    assert [r.split(" | ")[:2] for r in rows if r[2].isdigit()] == [["| 1", "2"], ["| 2", "4"]]  # 1 and 2 "GPUs"
