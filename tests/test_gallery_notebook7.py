@@ -1,6 +1,6 @@
 """The Gallery in Notebook 7 (headless Chromium) at 1,000 cells: toolbar and grid shown without a nested
-scroll box, every column of the x axis visible, and a key costs a few milliseconds because it changes only
-the cells it touches (measured in the page: script, style and layout of one key press)."""
+scroll box, every column of the x axis visible, and a key changes only the elements it touches (counted in
+the page with a MutationObserver, whatever the machine's speed; the milliseconds are printed, not asserted)."""
 
 from __future__ import annotations
 
@@ -18,21 +18,37 @@ except ImportError:
 
 SCALES, SEEDS = 20, 50  # 1,000 cells
 
-# Key presses timed inside the page, each the handler and the style and layout it causes (not the paint):
-# moves, stars and ratings, each changing something (a new cell, a new star, a new rating).
+# Key presses inside the page: moves, stars and ratings, each changing something (a new cell, a new star, a new
+# rating). For each, the elements its handler changed (attributes, children, text), and its time with the style
+# and layout it causes (not the paint), for the printed report only.
 KEYS = ["ArrowDown", "ArrowRight", "f", "ArrowDown", "3", "ArrowLeft", "0", "f"] * 8
 PRESS = """async (keys) => {
   const root = document.querySelector('.zg');
-  const times = {};
+  const observer = new MutationObserver(() => {});
+  observer.observe(root, {subtree: true, attributes: true, childList: true, characterData: true});
+  const times = {}, touched = {};
   for (const key of keys) {
+    observer.takeRecords();
     const t0 = performance.now();
     root.dispatchEvent(new KeyboardEvent('keydown', {key, bubbles: true}));
     document.body.offsetHeight;
     (times[key] = times[key] || []).push(performance.now() - t0);
+    // Elements whose attributes or text changed, plus every node added or removed: a grid drawn again counts all.
+    const records = observer.takeRecords(), changed = new Set();
+    let moved = 0;
+    for (const r of records) {
+      if (r.type === 'childList') moved += r.addedNodes.length + r.removedNodes.length;
+      else changed.add(r.target);
+    }
+    (touched[key] = touched[key] || []).push(changed.size + moved);
     await new Promise((r) => setTimeout(r, 20));
   }
-  return times;
+  observer.disconnect();
+  return {times, touched};
 }"""
+# What one key may change: the cells it leaves and enters, their marks, and the detail pane (its list of
+# parameters rebuilt: ~25 nodes); drawing the grid again would change over 1,000.
+TOUCHED_MAX = 60
 
 
 def p90(values: list[float]) -> float:
@@ -84,13 +100,16 @@ def test_a_thousand_cell_gallery_in_notebook_7(tmp_path_factory):
             assert fits  # all 20 scales side by side at the window's width
             page.locator(".zg-grid").click(position={"x": 2, "y": 2})
             start = page.evaluate("() => document.querySelector('.zg-sel').title")
-            times = page.evaluate(PRESS, KEYS)
+            pressed = page.evaluate(PRESS, KEYS)
             assert page.evaluate("() => document.querySelector('.zg-sel').title") != start
-            every = [t for ts in times.values() for t in ts]
-            report = {key: round(p90(ts), 1) for key, ts in times.items()}
+            every = [t for ts in pressed["times"].values() for t in ts]
+            report = {key: round(p90(ts), 1) for key, ts in pressed["times"].items()}
             p50 = sorted(every)[len(every) // 2]
             print(f"\nper key at 1,000 cells, ms: p50 {p50:.1f}, p90 {p90(every):.1f}, {report}")
-            assert p90(every) <= 30, report
+            touched = {key: max(counts) for key, counts in pressed["touched"].items()}
+            print(f"elements changed per key, at most: {touched}")
+            assert all(min(counts) >= 1 for counts in pressed["touched"].values()), touched  # each key did something
+            assert max(touched.values()) <= TOUCHED_MAX, touched  # ...to a few of 1,000 cells, not the grid
             context.close()
     finally:
         server.close()
