@@ -114,3 +114,25 @@ def test_strength_curve_refuses_two_images_per_scale(tmp_path):
     with pytest.raises(VaryingColumnsError) as info:
         strength_curve(df, by=None)
     assert info.value.columns == ("seed",) and "by=['seed']" in str(info.value)
+
+
+def test_with_a_baseline_the_curve_is_read_from_the_no_lora_image(server, tmp_path):
+    """A sweep with `baseline: true`: each seed's no-LoRA image is the reference (drawn at scale 0, "no LoRA" in
+    its strip), so the lowest scale's own effect shows instead of being the zero everything else is read from."""
+    from zlab.client import Client
+    from zlab.core.request import LoRA, Request
+    from zlab.runs.sweep import Sweep
+
+    base = Request("a fox", loras=[LoRA("a/b", 1.0)], width=256, height=256)
+    sweep = Sweep(base, {"lora1_scale": [0.5, 1.0, 1.5], "seed": [1, 2]}, baseline=True)
+    with Client(base_url=server.base_url) as client:
+        df = client.run(sweep, tmp_path / "run", progress=False).df
+    curve = strength_curve(df, scale="lora1_scale", by="seed", width=64)
+    one = curve.df[curve.df["by"] == "seed 1"]
+    no_lora = df[df["baseline"] & (df["seed"] == 1)]["key"].item()
+    assert list(one["scale"]) == [0.0, 0.5, 1.0, 1.5] and one["key"].iloc[0] == no_lora
+    assert one["mad"].iloc[0] == 0 and (one["mad"].iloc[1:] > 0).all()  # scale 0.5 measured against no LoRA
+    assert curve.reference == "no LoRA" and [name for name, _ in curve.strips["seed 1"]][:2] == ["no LoRA", 0.5]
+    assert curve.figure().axes[0].get_ylabel() == "distance from no LoRA"
+    plain = strength_curve(df[~df.baseline], scale="lora1_scale", by="seed", width=64)
+    assert plain.reference == "lowest scale" and list(plain.df[plain.df["by"] == "seed 1"]["scale"]) == [0.5, 1.0, 1.5]

@@ -1,4 +1,5 @@
-"""LoRA strength curves: how far each image moves from its group's lowest-scale image as the scale rises.
+"""LoRA strength curves: how far each image moves from its group's reference as the scale rises: the no-LoRA
+image where the sweep has one (`baseline: true`), else the group's lowest-scale image.
 
 Two distances, both 0 for identical images: the mean absolute pixel difference (RGB, 0..1) and a
 structural distance, 1 − SSIM, computed here with numpy on grayscale thumbnails (256 px wide by
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from zlab.core.table import is_lora_column
 from zlab.errors import ValidationError
 from zlab.sheet import thumbs
 from zlab.sheet.cells import (
@@ -106,6 +108,7 @@ class StrengthCurve:
     strips: dict[str, list[tuple[Any, Image.Image]]] = field(default_factory=dict)
     bite: float = 0.1
     saturate: float = 0.9
+    reference: str = "lowest scale"  # what the distances are from: "no LoRA" where every group has its baseline
 
     def __repr__(self) -> str:
         return f"<StrengthCurve {self.scale} by {', '.join(self.by) or 'all'}: {self.df['by'].nunique()} group(s)>"
@@ -148,7 +151,7 @@ class StrengthCurve:
                         [at], g.loc[g["scale"] == at, metric].iloc[:1], mark, color=color, ms=9, markeredgecolor="black"
                     )
         ax.set_xlabel(self.scale)
-        ax.set_ylabel("distance from lowest scale")
+        ax.set_ylabel(f"distance from {self.reference}")
         ax.set_title(f"{self.scale}: solid 1−SSIM, dashed mean |Δpixel|; ▲ starts to bite, ■ saturates", fontsize=10)
         ax.grid(alpha=0.3)
         if len(groups) > 1:
@@ -206,7 +209,8 @@ def strength_curve(
     saturate: float = 0.9,
     cache: bool = True,
 ) -> StrengthCurve:
-    """For each `by` group, the distance of each image from the group's lowest-scale image.
+    """For each `by` group, the distance of each image from the group's reference: its no-LoRA image (the
+    baseline, drawn at scale 0) where `scale` is a LoRA's scale and the group has one, else its lowest-scale image.
 
     Images are read relative to `root` (default ``df.attrs["run_dir"]``) and compared as `width`-px
     thumbnails. Cells without an image get NaN distances and a `note`. Raises `VaryingColumnsError`
@@ -227,10 +231,12 @@ def strength_curve(
     for i in range(len(df)):
         groups.setdefault(tuple(norm_value(df[c].iat[i]) for c in by_cols), []).append(i)
 
+    no_lora_first = is_lora_column(scale)  # no LoRA: the reference a LoRA's scales are read against
+    references: set[bool] = set()  # per group: whether its reference is its no-LoRA image
     rows: list[dict[str, Any]] = []
     strips: dict[str, list[tuple[Any, Image.Image]]] = {}
     for gkey in sorted(groups, key=lambda t: tuple(sort_key(v) for v in t)):
-        members = sorted(groups[gkey], key=lambda i: sort_key(norm_value(df[scale].iat[i])))
+        members = sorted(groups[gkey], key=lambda i: _order(norm_value(df[scale].iat[i]), no_lora_first))
         scales = [norm_value(df[scale].iat[i]) for i in members]
         if len(set(scales)) != len(scales):
             varying = [c for c in params if len({norm_value(df[c].iat[i]) for i in members}) > 1]
@@ -255,15 +261,17 @@ def strength_curve(
                 except OSError as exc:
                     note = f"unreadable: {exc}"
                 else:
-                    ref = thumb if ref is None else ref  # the lowest scale with an image is the reference
+                    if ref is None:  # the first image in order is the reference: no LoRA, else the lowest scale
+                        ref = thumb
+                        references.add(s is None)
                     mad, dist = _distances(ref, thumb)
                     small = thumb.copy()
                     small.thumbnail((strip_width * 4, strip_width), Image.Resampling.LANCZOS)  # one strip height
-                    strips.setdefault(label, []).append((s, small))
+                    strips.setdefault(label, []).append(("no LoRA" if s is None and no_lora_first else s, small))
             rows.append(
                 {
                     "by": label,
-                    "scale": s,
+                    "scale": 0.0 if s is None and no_lora_first else s,  # no LoRA draws where scale 0 would
                     "mad": mad,
                     "ssim_distance": dist,
                     "key": r.get("key"),
@@ -273,4 +281,11 @@ def strength_curve(
             )
     out = pd.DataFrame(rows, columns=["by", "scale", "mad", "ssim_distance", "key", "image_path", "note"])
     out.attrs = {"scale": scale, "by": list(by_cols)}
-    return StrengthCurve(out, scale, by_cols, strips, bite, saturate)
+    reference = "no LoRA" if references == {True} else "lowest scale"
+    return StrengthCurve(out, scale, by_cols, strips, bite, saturate, reference)
+
+
+def _order(value: Any, no_lora_first: bool) -> tuple[int, Any]:
+    """Where a scale sorts in its group: numbers in order, then text, then missing; missing first where it
+    means no LoRA."""
+    return (-1, 0) if value is None and no_lora_first else sort_key(value)
