@@ -334,3 +334,29 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_the_tiny_model():
     assert [r.split(" | ")[0] for r in rows if "loop" in r or "zlab" in r] == ["| naive loop (load/unload per image)",
         "| sensible loop (LoRA loaded once)", "| zlab backend", "| zlab run's client over HTTP"]  # fmt: skip
     assert [r.split(" | ")[:2] for r in rows if r[2].isdigit()] == [["| 1", "2"], ["| 2", "4"]]  # 1 and 2 "GPUs"
+
+
+def test_close_waits_for_the_render_in_progress_and_fails_the_jobs_still_waiting(tmp_path):
+    """`close()` with jobs in flight: it returns once the compute thread has stopped (a thread left inside torch at
+    interpreter exit aborts the process), and every job has an answer: its image, or "the server stopped"."""
+    import asyncio
+
+    from zlab.core.request import Request
+
+    one_thread()
+    renderer = DiffusersRenderer.from_pipelines([tz.tiny_pipeline()], "tiny", files=LoraFiles(tmp_path))
+    threads = list(renderer._threads)
+
+    async def sweep() -> list[object]:
+        requests = [Request("a fox", loras=[], width=SIZE, height=SIZE, seed=s) for s in range(6)]
+        jobs = [asyncio.ensure_future(renderer.render(r)) for r in requests]
+        await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.to_thread(renderer.close)
+        assert not any(thread.is_alive() for thread in threads)  # stopped by the time close() returns
+        _, pending = await asyncio.wait(jobs, timeout=HANG)
+        assert not pending  # no job is left waiting for an answer
+        return [job.exception() or job.result() for job in jobs]
+
+    answers = asyncio.run(sweep())
+    stopped = [a for a in answers if isinstance(a, Exception)]
+    assert 1 <= len(answers) - len(stopped) < 6 and all("the server stopped" in str(a) for a in stopped)

@@ -66,6 +66,7 @@ INSTALL = 'pip install "zlab[local]"   (from a checkout: pip install -e ".[local
 SIZE_MULTIPLE = 16  # the VAE's factor 8 times the transformer's 2×2 patches
 JOBS_PER_DEVICE = 3  # one computing, one prepared and waiting, one being PNG-encoded
 PREPARE_THREADS = 4  # a slow LoRA download must not hold up cells whose LoRAs are ready
+CLOSE_WAIT_S = 120.0  # how long `close()` waits for a render in progress (a CPU render of a full-size image)
 
 
 def missing_local_extra() -> str | None:
@@ -235,6 +236,7 @@ class DiffusersRenderer:
         self._prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="zlab-prepare")
         self._finish_pool = ThreadPoolExecutor(len(self.workers), thread_name_prefix="zlab-png")
         self._ready: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closing = False
         self._threads = [
             threading.Thread(target=self._compute_loop, args=(w,), name=f"zlab-{w.device}", daemon=True)
             for w in self.workers
@@ -295,6 +297,9 @@ class DiffusersRenderer:
         while (job := self._ready.get()) is not None:
             if job.future.done():  # cancelled while it waited: skip it
                 continue
+            if self._closing:
+                job.settle(error=RenderError("the server stopped before this image was rendered"))
+                continue
             width, height = render_size(job.request.width, job.request.height)
             try:
                 pixels = worker.compute(job.embeddings, job.adapters, width, height, job.request.seed)
@@ -342,10 +347,16 @@ class DiffusersRenderer:
         return dict(total)
 
     def close(self) -> None:
-        """Stop the threads (a render in progress finishes first) and free GPU memory."""
+        """Stop the threads and free GPU memory: a render in progress finishes first (waited for, up to
+        CLOSE_WAIT_S: a compute thread still inside torch when the interpreter exits aborts the process), jobs
+        still waiting fail saying the server stopped."""
+        self._closing = True
         for _ in self._threads:
             self._ready.put(None)
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(CLOSE_WAIT_S)
         self._finish_pool.shutdown(wait=False, cancel_futures=True)
         self.workers.clear()
         try:
