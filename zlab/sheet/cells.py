@@ -40,10 +40,10 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def sort_key(value: Any) -> tuple[int, Any]:
-    """Numbers first in numeric order, then text, then missing."""
+def sort_key(value: Any, missing_first: bool = False) -> tuple[int, Any]:
+    """Numbers first in numeric order, then text, then missing (or missing first: no LoRA on a LoRA axis)."""
     if value is None:
-        return (2, "")
+        return (-1, "") if missing_first else (2, "")
     return (0, value) if _is_number(value) else (1, str(value))
 
 

@@ -31,7 +31,7 @@ from zlab.sheet.cells import (
     placeholder_reason,
     sort_key,
 )
-from zlab.sheet.layout import format_value
+from zlab.sheet.layout import NO_LORA, format_value
 
 
 def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -236,7 +236,7 @@ def strength_curve(
     rows: list[dict[str, Any]] = []
     strips: dict[str, list[tuple[Any, Image.Image]]] = {}
     for gkey in sorted(groups, key=lambda t: tuple(sort_key(v) for v in t)):
-        members = sorted(groups[gkey], key=lambda i: _order(norm_value(df[scale].iat[i]), no_lora_first))
+        members = sorted(groups[gkey], key=lambda i: sort_key(norm_value(df[scale].iat[i]), no_lora_first))
         scales = [norm_value(df[scale].iat[i]) for i in members]
         if len(set(scales)) != len(scales):
             varying = [c for c in params if len({norm_value(df[c].iat[i]) for i in members}) > 1]
@@ -250,6 +250,7 @@ def strength_curve(
         ref: Image.Image | None = None
         for i, s in zip(members, scales, strict=True):
             r = df.iloc[i]
+            no_lora = s is None and no_lora_first
             note = placeholder_reason(r.get("status"), r.get("error"), r.get("image_path"))
             mad = dist = float("nan")
             if note is None:
@@ -263,15 +264,15 @@ def strength_curve(
                 else:
                     if ref is None:  # the first image in order is the reference: no LoRA, else the lowest scale
                         ref = thumb
-                        references.add(s is None)
+                        references.add(no_lora)
                     mad, dist = _distances(ref, thumb)
                     small = thumb.copy()
                     small.thumbnail((strip_width * 4, strip_width), Image.Resampling.LANCZOS)  # one strip height
-                    strips.setdefault(label, []).append(("no LoRA" if s is None and no_lora_first else s, small))
+                    strips.setdefault(label, []).append((NO_LORA if no_lora else s, small))
             rows.append(
                 {
                     "by": label,
-                    "scale": 0.0 if s is None and no_lora_first else s,  # no LoRA draws where scale 0 would
+                    "scale": 0.0 if no_lora else s,  # no LoRA draws where scale 0 would
                     "mad": mad,
                     "ssim_distance": dist,
                     "key": r.get("key"),
@@ -281,11 +282,5 @@ def strength_curve(
             )
     out = pd.DataFrame(rows, columns=["by", "scale", "mad", "ssim_distance", "key", "image_path", "note"])
     out.attrs = {"scale": scale, "by": list(by_cols)}
-    reference = "no LoRA" if references == {True} else "lowest scale"
+    reference = NO_LORA if references == {True} else "lowest scale"
     return StrengthCurve(out, scale, by_cols, strips, bite, saturate, reference)
-
-
-def _order(value: Any, no_lora_first: bool) -> tuple[int, Any]:
-    """Where a scale sorts in its group: numbers in order, then text, then missing; missing first where it
-    means no LoRA."""
-    return (-1, 0) if value is None and no_lora_first else sort_key(value)

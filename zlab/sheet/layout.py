@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from zlab.core.table import is_lora_column
 
+NO_LORA = "no LoRA"  # what a LoRA axis says where a cell has no LoRA (the baseline)
+
 Measure = Callable[[str, int], float]
 """Width in pixels of `text` drawn at font size `size`."""
 
@@ -65,7 +67,7 @@ def format_value(value: Any) -> str:
 def axis_label(column: str, value: Any) -> str:
     """The header text for one axis value, e.g. ``lora1_scale 0.5``; ``no LoRA`` where a LoRA axis has none."""
     if value is None and is_lora_column(column):
-        return "no LoRA"
+        return NO_LORA
     return f"{column} {format_value(value)}"
 
 
